@@ -1,0 +1,288 @@
+"""Worker pools: where jobs run, each driven by ``joblib.Parallel``.
+
+Two shapes, chosen by what a backend can promise:
+
+* :class:`LokyPool` (``backend=loky``): joblib's reusable loky workers, fast
+  for many short jobs. A worker that dies breaks the whole pool (loky's
+  ``TerminatedWorkerError``): the pool raises :class:`PoolBroken` naming the
+  jobs that were in flight, and the supervisor sorts culprit from innocents.
+* :class:`FreshProcessPool` (``backend=multiprocessing``, quarantine runs,
+  device pools): every job in a new Python process started for it alone, with
+  its own environment, babysat by one of joblib's threads. A death costs only
+  that job, a job past its timeout is killed without touching the others, and
+  environment variables such as ``CUDA_VISIBLE_DEVICES`` are in place before
+  the interpreter starts.
+
+Both yield :class:`JobOutcome` objects as jobs end, in the order they end.
+joblib is imported here and only when a pool is used: Hydra imports the
+plugin at every app start.
+"""
+
+import atexit
+import functools
+import logging
+import os
+import pickle
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, FrozenSet, Iterator, Optional, Sequence, Set
+
+from ._devices import DevicePool
+from ._errors import JobTimeout, WorkerCrashed
+from ._job import (
+    HARD_STOP_GRACE_S,
+    JobOutcome,
+    JobSpec,
+    failed_outcome,
+    marker_path,
+    run_job_spec,
+)
+from ._options import LaunchOptions, pre_dispatch_count
+
+log = logging.getLogger(__name__)
+
+LIKELY_CRASH_CAUSES = (
+    "Likely causes: a crash in native code (segmentation fault), the kernel's "
+    "out-of-memory killer (see `dmesg`), or os._exit()/a signal in the task."
+)
+
+
+class PoolBroken(Exception):
+    """A worker died and took the pool with it; ``in_flight`` jobs may not have ended."""
+
+    def __init__(self, message: str, in_flight: FrozenSet[int], exit_codes: str) -> None:
+        super().__init__(message)
+        self.in_flight = in_flight
+        self.exit_codes = exit_codes
+
+
+def describe_exit(returncode: int) -> str:
+    """'was killed by signal SIGKILL' or 'exited with status 3'."""
+    import signal
+
+    if returncode < 0:
+        try:
+            return f"was killed by signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    return f"exited with status {returncode}"
+
+
+def crash_error(spec: JobSpec, how: str) -> WorkerCrashed:
+    overrides = " ".join(spec.overrides) or "(no overrides)"
+    return WorkerCrashed(
+        f"job #{spec.num} ({overrides}) did not finish: its worker process {how}. "
+        f"{LIKELY_CRASH_CAUSES}"
+    )
+
+
+def timeout_error(spec: JobSpec) -> JobTimeout:
+    return JobTimeout(
+        f"job #{spec.num} ran longer than hydra.launcher.timeout={spec.timeout:g}s "
+        "and its process was killed"
+    )
+
+
+class LokyPool:
+    """joblib's loky workers, reused across jobs and batches."""
+
+    def __init__(self, options: LaunchOptions, n_workers: int) -> None:
+        _shutdown_loky_at_exit()
+        self._options = options
+        self._n_workers = n_workers
+        self._generator: Optional[Any] = None
+
+    def run(self, specs: Sequence[JobSpec]) -> Iterator[JobOutcome]:
+        from joblib import Parallel, delayed, parallel_config
+        from joblib.externals.loky.process_executor import BrokenProcessPool
+
+        options = self._options
+        dispatched: Set[int] = set()
+        ended: Set[int] = set()
+
+        def tasks() -> Iterator[Any]:
+            for spec in specs:
+                dispatched.add(spec.num)
+                yield delayed(run_job_spec)(spec)
+
+        with parallel_config(backend="loky", inner_max_num_threads=options.inner_max_num_threads):
+            parallel = Parallel(
+                n_jobs=self._n_workers,
+                return_as="generator_unordered",
+                verbose=options.verbose,
+                pre_dispatch=pre_dispatch_count(options.pre_dispatch, self._n_workers),
+                batch_size=options.batch_size,
+                temp_folder=options.temp_folder,
+                max_nbytes=options.max_nbytes,
+                mmap_mode=options.mmap_mode,
+            )
+            self._generator = parallel(tasks())
+            try:
+                for outcome in self._generator:
+                    ended.add(outcome.num)
+                    yield outcome
+            except BrokenProcessPool as error:
+                codes = re.search(r"exit codes of the workers are (\{[^}]*\})", str(error))
+                raise PoolBroken(
+                    str(error),
+                    in_flight=frozenset(dispatched - ended),
+                    exit_codes=codes.group(1) if codes else "unknown",
+                ) from None
+            finally:
+                self._generator = None
+
+    def stop(self) -> None:
+        """Kill the workers now (an interrupt): closing joblib's generator aborts its call."""
+        generator, self._generator = self._generator, None
+        if generator is not None:
+            generator.close()
+        shutdown_loky()
+
+    def close(self) -> None:
+        """Workers stay up for the next batch; :func:`shutdown_loky` runs when the process exits."""
+
+
+@functools.lru_cache(maxsize=None)
+def _shutdown_loky_at_exit() -> None:
+    # loky keeps its workers for the next Parallel call (the next batch); they
+    # must not outlive the launching process.
+    atexit.register(shutdown_loky)
+
+
+def shutdown_loky() -> None:
+    """Stop joblib's reusable loky executor and its workers, if one is running."""
+    from joblib.externals.loky import reusable_executor
+
+    executor = getattr(reusable_executor, "_executor", None)
+    if executor is not None:
+        executor.shutdown(wait=True, kill_workers=True)
+
+
+def _thread_limits(options: LaunchOptions) -> Dict[str, str]:
+    if options.inner_max_num_threads is None:
+        return {}
+    from joblib.parallel import ParallelBackendBase
+
+    limit = str(options.inner_max_num_threads)
+    return {name: limit for name in ParallelBackendBase.MAX_NUM_THREADS_VARS}
+
+
+class FreshProcessPool:
+    """One new process per job, at most ``n_workers`` at a time."""
+
+    def __init__(
+        self,
+        options: LaunchOptions,
+        n_workers: int,
+        run_dir: Path,
+        devices: Optional[DevicePool] = None,
+    ) -> None:
+        self._options = options
+        self._n_workers = n_workers
+        self._run_dir = run_dir
+        self._devices = devices
+        self._env = {**os.environ, **_thread_limits(options)}
+        self._running: Dict[int, "subprocess.Popen[bytes]"] = {}
+        self._lock = threading.Lock()
+        self._stopping = False
+
+    def run(self, specs: Sequence[JobSpec]) -> Iterator[JobOutcome]:
+        from joblib import Parallel, delayed
+
+        # The threads only start processes and wait for them: each job still
+        # runs alone in its own process.
+        parallel = Parallel(
+            n_jobs=self._n_workers,
+            backend="threading",
+            return_as="generator_unordered",
+            verbose=self._options.verbose,
+            pre_dispatch="n_jobs",
+            batch_size=1,
+        )
+        yield from parallel(delayed(self._run_one)(spec) for spec in specs)
+
+    def _run_one(self, spec: JobSpec) -> JobOutcome:
+        devices = self._devices.acquire() if self._devices is not None else None
+        started = time.time()
+        try:
+            env = self._env
+            if devices is not None:
+                env = {**env, self._options.device_env: ",".join(devices)}
+            out_path = self._run_dir / f"{spec.num}.outcome"
+            proc = self._start(spec, env, out_path)
+            if proc is None:
+                return failed_outcome(spec, KeyboardInterrupt("interrupted"), started=started)
+            try:
+                returncode = self._wait(proc, spec)
+            finally:
+                with self._lock:
+                    self._running.pop(spec.num, None)
+            if out_path.exists():
+                with open(out_path, "rb") as f:
+                    outcome: JobOutcome = pickle.load(f)
+                out_path.unlink()
+                return _with_devices(outcome, devices)
+            if returncode is None or marker_path(spec.marker_dir, spec.num).exists():
+                error: Exception = timeout_error(spec)
+            else:
+                error = crash_error(spec, describe_exit(returncode))
+            return failed_outcome(spec, error, started=started, pid=proc.pid, devices=devices)
+        finally:
+            if devices is not None:
+                self._devices.release(devices)  # type: ignore[union-attr]
+
+    def _start(
+        self, spec: JobSpec, env: Dict[str, str], out_path: Path
+    ) -> "Optional[subprocess.Popen[bytes]]":
+        with self._lock:
+            if self._stopping:
+                return None
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "hydra_plugins.hydra_joblib_launcher._worker", str(out_path)],
+                stdin=subprocess.PIPE,
+                env=env,
+            )
+            self._running[spec.num] = proc
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(pickle.dumps(spec))
+            proc.stdin.close()
+        except BrokenPipeError:  # the process died at start; its exit status says why
+            pass
+        return proc
+
+    @staticmethod
+    def _wait(proc: "subprocess.Popen[bytes]", spec: JobSpec) -> Optional[int]:
+        """The exit status, or None when the job overran its timeout and was killed here."""
+        limit = None if spec.timeout is None else spec.timeout + HARD_STOP_GRACE_S + 1
+        try:
+            return proc.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return None
+
+    def stop(self) -> None:
+        """Start nothing more and kill every running job process."""
+        with self._lock:
+            self._stopping = True
+            running = list(self._running.values())
+        for proc in running:
+            proc.kill()
+        for proc in running:
+            proc.wait()
+
+    def close(self) -> None:
+        """Nothing outlives a job here."""
+
+
+def _with_devices(outcome: JobOutcome, devices: Optional[Sequence[str]]) -> JobOutcome:
+    if devices is None:
+        return outcome
+    from dataclasses import replace
+
+    return replace(outcome, devices=tuple(devices))

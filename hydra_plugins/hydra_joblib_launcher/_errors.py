@@ -1,0 +1,38 @@
+"""The launcher's named exceptions.
+
+Each message says what happened, why it may have, and what to do about it.
+"""
+
+from hydra.errors import CompactHydraException
+
+
+class LauncherError(CompactHydraException):
+    """A problem with the launch as a whole, reported before or instead of running jobs.
+
+    Hydra prints a ``CompactHydraException`` as its message alone, without a
+    traceback: these are about the user's input or environment, not bugs.
+    """
+
+
+class LauncherConfigError(LauncherError):
+    """A ``hydra.launcher`` setting that cannot be used."""
+
+
+class JobFailure(Exception):
+    """Base of the errors a FAILED job carries when its task did not raise one itself."""
+
+
+class WorkerCrashed(JobFailure):
+    """The process running the job died before the job ended."""
+
+
+class JobTimeout(JobFailure, TimeoutError):
+    """The job ran longer than ``hydra.launcher.timeout``."""
+
+
+class ResultNotSendable(JobFailure):
+    """The job's return value (or its exception) could not be pickled back to the launcher."""
+
+
+class RemoteJobError(JobFailure):
+    """Stands in for a job's exception that could not be pickled, keeping its type, message and traceback."""

@@ -1,0 +1,327 @@
+"""What crosses the process boundary, and the function a worker runs.
+
+    launcher                                   worker process (loky, fresh, dask, ...)
+    ────────                                   ──────────────
+    write_context(SharedContext) ─ once ─▶ context file ─▶ load_context()   (cached per process)
+    JobSpec (num, overrides, ...) ─ per job ──────────────▶ run_job_spec(spec)
+                                                                 │  Hydra's basic-launcher sequence
+    JobOutcome (plain data + pickled JobReturn) ◀────────────────┘
+
+What is the same for every job (the task function, the config, the Hydra
+context, the singleton state, custom resolvers) is pickled once per launch
+into a file and read once per worker process, not sent with every job.
+"""
+
+import logging
+import os
+import pickle
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterator, Optional, Tuple
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, run_job, setup_globals
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, open_dict
+
+from ._errors import JobTimeout, RemoteJobError, ResultNotSendable
+
+log = logging.getLogger(__name__)
+
+# A job over its timeout first gets JobTimeout raised in its thread; if it is
+# stuck in native code and ignores it this long, its process is killed.
+HARD_STOP_GRACE_S = 5.0
+
+
+@dataclass(frozen=True)
+class SharedContext:
+    """Everything a job needs that is the same for every job of a launch."""
+
+    hydra_context: HydraContext
+    task_function: TaskFunction
+    config: DictConfig
+    singleton_state: Dict[Any, Any]
+    resolvers: Dict[str, Any]
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job, as sent to a worker: plain data only."""
+
+    num: int
+    overrides: Tuple[str, ...]
+    context_file: str
+    marker_dir: str
+    timeout: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """How one job ended, as the worker (or the supervisor, for a crash) saw it."""
+
+    num: int
+    completed: bool
+    payload: bytes  # the pickled JobReturn
+    started: float
+    ended: float
+    host: str
+    pid: Optional[int]
+    output_dir: Optional[str] = None
+    log_file: Optional[str] = None
+    error_type: Optional[str] = None
+    error: Optional[str] = None
+    devices: Optional[Tuple[str, ...]] = None
+
+    @property
+    def duration_s(self) -> float:
+        return self.ended - self.started
+
+    def job_return(self) -> JobReturn:
+        ret = pickle.loads(self.payload)
+        assert isinstance(ret, JobReturn), "payloads are written by this module"
+        return ret
+
+
+def _cloudpickle() -> Any:
+    # cloudpickle sends functions and classes of __main__ by value, as loky does.
+    import cloudpickle
+
+    return cloudpickle
+
+
+def capture_resolvers() -> Dict[str, bytes]:
+    """The OmegaConf resolvers of this process (custom ones registered by the app included), each pickled.
+
+    OmegaConf keeps them in a class attribute that no pickle carries, so a
+    worker would not know the resolvers the app registered in ``__main__``.
+    A resolver that cannot be pickled is left out: a job using it fails with
+    OmegaConf's own "unsupported interpolation" error, naming it.
+    """
+    from omegaconf.basecontainer import BaseContainer
+
+    pickled = {}
+    for name, resolver in BaseContainer._resolvers.items():
+        try:
+            pickled[name] = _cloudpickle().dumps(resolver)
+        except Exception as error:  # noqa: BLE001 - any pickling failure means the same
+            log.debug("Resolver %r cannot be sent to workers: %s", name, error)
+    return pickled
+
+
+def pickle_context(context: SharedContext) -> bytes:
+    """Pickle ``context``: this is where a task that cannot be sent to workers fails."""
+    return bytes(_cloudpickle().dumps(context))
+
+
+def write_context(payload: bytes, path: Path) -> None:
+    """Write a pickled context to ``path`` once, for every worker to read.
+
+    The file starts with this process's ``sys.path``, so that a fresh worker
+    can import the app's own modules before it unpickles the task.
+    """
+    with open(path, "wb") as f:
+        pickle.dump(list(sys.path), f)
+        f.write(payload)
+
+
+_loaded: Dict[str, SharedContext] = {}
+
+
+def load_context(path: str) -> SharedContext:
+    """Read the launch's context once per process, and install its global state."""
+    context = _loaded.get(path)
+    if context is not None:
+        return context
+    with open(path, "rb") as f:
+        sys_path = pickle.load(f)
+        sys.path.extend(p for p in sys_path if p not in sys.path)
+        context = pickle.load(f)
+    assert isinstance(context, SharedContext), "context files are written by write_context"
+    from omegaconf.basecontainer import BaseContainer
+
+    for name, resolver in context.resolvers.items():
+        if name not in BaseContainer._resolvers:
+            BaseContainer._resolvers[name] = pickle.loads(resolver)
+    Singleton.set_state(context.singleton_state)
+    _loaded.clear()  # one launch at a time: keep only the newest context
+    _loaded[path] = context
+    return context
+
+
+def marker_path(marker_dir: str, num: int) -> Path:
+    """Where a job that had to kill its own process leaves word why."""
+    return Path(marker_dir) / f"{num}.timeout"
+
+
+@contextmanager
+def _time_limit(spec: JobSpec) -> Iterator[None]:
+    """Stop the job after ``spec.timeout`` seconds, and its process if the job will not stop.
+
+    In a process's main thread a SIGALRM raises :class:`JobTimeout` inside the
+    task, which Hydra records as the job's failure; the worker survives. Where
+    signals cannot reach the job (another thread) or it does not stop within
+    the grace period, a watchdog leaves a marker and kills the process: the
+    supervisor reads the marker and reports the timeout.
+    """
+    if spec.timeout is None:
+        yield
+        return
+    limit = spec.timeout
+    in_main_thread = threading.current_thread() is threading.main_thread()
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise JobTimeout(
+            f"job #{spec.num} ran longer than hydra.launcher.timeout={limit:g}s and was stopped"
+        )
+
+    def hard_stop() -> None:
+        marker_path(spec.marker_dir, spec.num).write_text(f"{limit:g}")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    watchdog = threading.Timer(limit + (HARD_STOP_GRACE_S if in_main_thread else 0), hard_stop)
+    watchdog.daemon = True
+    watchdog.start()
+    previous = None
+    if in_main_thread:
+        previous = signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, limit)
+    try:
+        yield
+    finally:
+        if in_main_thread:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        watchdog.cancel()
+
+
+def _sweep_config(context: SharedContext, spec: JobSpec) -> DictConfig:
+    config = context.hydra_context.config_loader.load_sweep_config(
+        context.config, list(spec.overrides)
+    )
+    with open_dict(config):
+        config.hydra.job.id = f"{config.hydra.job.name}_{spec.num}"
+        config.hydra.job.num = spec.num
+    return config
+
+
+def _log_file(hydra_cfg: Optional[DictConfig]) -> Tuple[Optional[str], Optional[str]]:
+    """The job's output dir and the file its job logging writes to, when Hydra says."""
+    if hydra_cfg is None:
+        return None, None
+    try:
+        output_dir = str(hydra_cfg.hydra.runtime.output_dir)
+        handlers = hydra_cfg.hydra.job_logging.get("handlers") or {}
+        for handler in handlers.values():
+            if "filename" in handler:
+                return output_dir, str(Path(output_dir) / Path(str(handler.filename)).name)
+        return output_dir, None
+    except Exception:  # noqa: BLE001 - a log path is a courtesy, never a failure
+        return None, None
+
+
+def _sendable_error(error: BaseException) -> BaseException:
+    """``error`` if it survives pickling both ways, else a stand-in keeping its text."""
+    try:
+        pickle.loads(_cloudpickle().dumps(error))
+        return error
+    except Exception:  # noqa: BLE001
+        text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        return RemoteJobError(f"{type(error).__name__}: {error}\n{text}")
+
+
+def _pickle_return(ret: JobReturn, spec: JobSpec) -> Tuple[bytes, JobReturn]:
+    if ret.status == JobStatus.FAILED:
+        ret._return_value = _sendable_error(ret._return_value)
+    try:
+        return _cloudpickle().dumps(ret), ret
+    except Exception as error:  # noqa: BLE001
+        value = ret._return_value
+        ret._return_value = ResultNotSendable(
+            f"job #{spec.num} ({' '.join(spec.overrides)}) returned a {type(value).__name__} "
+            f"that cannot be pickled back to the launcher ({error}). Return plain data "
+            "(numbers, strings, lists, dicts, arrays), or define its class at module level."
+        )
+        ret.status = JobStatus.FAILED
+        return _cloudpickle().dumps(ret), ret
+
+
+def _describe(error: Any) -> Tuple[str, str]:
+    return type(error).__name__, str(error).split("\n", 1)[0]
+
+
+def run_job_spec(spec: JobSpec) -> JobOutcome:
+    """Run one job the way Hydra's basic launcher does, and report how it ended.
+
+    Never raises for anything the job does: a failing task gives a FAILED
+    outcome. Only the death of the process itself is left to the supervisor.
+    """
+    started = time.time()
+    context = load_context(spec.context_file)
+    setup_globals()
+    try:
+        with _time_limit(spec):
+            config = _sweep_config(context, spec)
+            HydraConfig.instance().set_config(config)
+            ret = run_job(
+                hydra_context=context.hydra_context,
+                task_function=context.task_function,
+                config=config,
+                job_dir_key="hydra.sweep.dir",
+                job_subdir_key="hydra.sweep.subdir",
+            )
+    except Exception as error:  # noqa: BLE001 - raised outside the task: config, callbacks
+        ret = JobReturn(overrides=list(spec.overrides), status=JobStatus.FAILED)
+        ret._return_value = error
+    payload, ret = _pickle_return(ret, spec)
+    output_dir, log_file = _log_file(ret.hydra_cfg)
+    error_type = error = None
+    if ret.status != JobStatus.COMPLETED:
+        error_type, error = _describe(ret._return_value)
+    return JobOutcome(
+        num=spec.num,
+        completed=ret.status == JobStatus.COMPLETED,
+        payload=payload,
+        started=started,
+        ended=time.time(),
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        output_dir=output_dir,
+        log_file=log_file,
+        error_type=error_type,
+        error=error,
+    )
+
+
+def failed_outcome(
+    spec: JobSpec,
+    error: BaseException,
+    *,
+    started: float,
+    pid: Optional[int] = None,
+    devices: Optional[Tuple[str, ...]] = None,
+) -> JobOutcome:
+    """The outcome of a job that could not tell its own (its process died, or it never ran)."""
+    ret = JobReturn(overrides=list(spec.overrides), status=JobStatus.FAILED)
+    ret._return_value = error
+    error_type, text = _describe(error)
+    return JobOutcome(
+        num=spec.num,
+        completed=False,
+        payload=pickle.dumps(ret),
+        started=started,
+        ended=time.time(),
+        host=socket.gethostname(),
+        pid=pid,
+        error_type=error_type,
+        error=text,
+        devices=devices,
+    )
+

@@ -1,0 +1,268 @@
+"""Validation: the user's ``hydra.launcher`` config becomes frozen :class:`LaunchOptions`.
+
+Everything here is pure (no process, no file, no heavy import): a bad value
+gives one :class:`LauncherConfigError` naming the key, the value and what is
+allowed, before any job starts or any job directory is made.
+"""
+
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Tuple, Union
+
+from ._errors import LauncherConfigError
+
+PROCESS_BACKENDS = ("loky", "multiprocessing")
+DISTRIBUTED_BACKENDS = ("dask", "ray")
+PROGRESS_MODES = ("auto", "bar", "log", "none")
+MMAP_MODES = (None, "r", "r+", "w+", "c")
+
+_THREAD_BACKENDS = ("threading", "sequential")
+_PRE_DISPATCH = re.compile(r"^\s*(?:(\d+)\s*\*\s*)?n_jobs(?:\s*\*\s*(\d+))?\s*$")
+_NBYTES = re.compile(r"^\s*(\d+)\s*([KMG]?)\s*$", re.IGNORECASE)
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    """The launcher's settings, checked and normalised; safe to share and to pickle."""
+
+    backend: str
+    n_jobs: int  # as configured (may be negative: counted from the number of cores)
+    prefer: str
+    verbose: int
+    timeout: Optional[float]
+    pre_dispatch: Union[int, str]  # a positive int, "all" or an "k*n_jobs" expression
+    batch_size: Union[int, str]  # a positive int or "auto"
+    temp_folder: Optional[str]
+    max_nbytes: Optional[int]
+    mmap_mode: Optional[str]
+    inner_max_num_threads: Optional[int]
+    devices: Optional[Tuple[str, ...]]
+    devices_per_job: int
+    device_env: str
+    progress: str
+    resume: bool
+
+    def workers(self, cpu_count: int) -> int:
+        """How many jobs may run at once: n_jobs as joblib reads it, capped by the device pool."""
+        n = self.n_jobs if self.n_jobs > 0 else max(cpu_count + 1 + self.n_jobs, 1)
+        if self.devices is not None:
+            n = min(n, self.device_slots)
+        return n
+
+    @property
+    def device_slots(self) -> int:
+        """How many jobs the device pool can serve at once."""
+        return len(self.devices or ()) // self.devices_per_job
+
+    def joblib_settings(self, n_jobs: int) -> str:
+        """The effective settings, as the launch log line shows them."""
+        items = {
+            "backend": self.backend,
+            "n_jobs": n_jobs,
+            "prefer": self.prefer,
+            "require": None,
+            "verbose": self.verbose,
+            "timeout": self.timeout,
+            "pre_dispatch": self.pre_dispatch,
+            "batch_size": self.batch_size,
+            "temp_folder": self.temp_folder,
+            "max_nbytes": self.max_nbytes,
+            "mmap_mode": self.mmap_mode,
+        }
+        if self.inner_max_num_threads is not None:
+            items["inner_max_num_threads"] = self.inner_max_num_threads
+        return ",".join(f"{key}={value}" for key, value in items.items())
+
+
+def _refuse(key: str, value: Any, allowed: str, hint: str = "") -> LauncherConfigError:
+    message = f"hydra.launcher.{key}={value!r} is not supported; {allowed}"
+    if hint:
+        message += f". {hint}"
+    return LauncherConfigError(message)
+
+
+def _backend(value: Any) -> str:
+    if value is None:
+        return "loky"
+    choices = ", ".join(PROCESS_BACKENDS + DISTRIBUTED_BACKENDS)
+    if value in _THREAD_BACKENDS:
+        raise _refuse(
+            "backend",
+            value,
+            f"choose one of: {choices}",
+            "Hydra jobs change process-wide state (logging, working directory, "
+            "Hydra's singletons), so two jobs cannot share a process",
+        )
+    if value not in PROCESS_BACKENDS + DISTRIBUTED_BACKENDS:
+        raise _refuse("backend", value, f"choose one of: {choices}")
+    return str(value)
+
+
+def _int(key: str, value: Any, allowed: str) -> int:
+    # bool is an int to Python, never to a user
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _refuse(key, value, allowed)
+    return value
+
+
+def _n_jobs(value: Any) -> int:
+    allowed = "use a positive number of jobs, or -1 for one per CPU core (-2: all but one)"
+    n_jobs = _int("n_jobs", value, allowed)
+    if n_jobs == 0:
+        raise _refuse("n_jobs", value, allowed)
+    return n_jobs
+
+
+def _timeout(value: Any) -> Optional[float]:
+    if value is None:
+        return None
+    allowed = "give a positive number of seconds, or null for no limit"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise _refuse("timeout", value, allowed)
+    return float(value)
+
+
+def _positive_int_text(value: Any) -> Optional[int]:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value > 0 else None
+    if isinstance(value, str) and value.strip().isdigit() and int(value) > 0:
+        return int(value)
+    return None
+
+
+def _pre_dispatch(value: Any) -> Union[int, str]:
+    number = _positive_int_text(value)
+    if number is not None:
+        return number
+    if isinstance(value, str) and (value.strip() == "all" or _PRE_DISPATCH.match(value)):
+        return value.strip()
+    raise _refuse(
+        "pre_dispatch",
+        value,
+        'give a positive integer, "all", or an expression such as "2*n_jobs"',
+    )
+
+
+def pre_dispatch_count(pre_dispatch: Union[int, str], n_jobs: int) -> Union[int, str]:
+    """Evaluate a validated ``pre_dispatch`` for ``n_jobs`` workers (joblib would ``eval`` it)."""
+    if isinstance(pre_dispatch, int) or pre_dispatch == "all":
+        return pre_dispatch
+    match = _PRE_DISPATCH.match(pre_dispatch)
+    assert match is not None, "validated by _pre_dispatch"
+    return n_jobs * int(match.group(1) or 1) * int(match.group(2) or 1)
+
+
+def _batch_size(value: Any) -> Union[int, str]:
+    number = _positive_int_text(value)
+    if number is not None:
+        return number
+    if value == "auto":
+        return "auto"
+    raise _refuse("batch_size", value, 'give a positive integer or "auto"')
+
+
+def _max_nbytes(value: Any) -> Optional[int]:
+    if value is None:
+        return None
+    match = _NBYTES.match(str(value)) if not isinstance(value, bool) else None
+    if match is None:
+        raise _refuse(
+            "max_nbytes",
+            value,
+            'give a size in bytes, optionally with a unit ("1M", "500K", "2G"), or null',
+        )
+    scale = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}[match.group(2).upper()]
+    return int(match.group(1)) * scale
+
+
+def _choice(key: str, value: Any, choices: Tuple[Optional[str], ...]) -> Any:
+    if value not in choices:
+        shown = ", ".join("null" if c is None else c for c in choices)
+        raise _refuse(key, value, f"choose one of: {shown}")
+    return value
+
+
+def _devices(config: Mapping[str, Any]) -> Tuple[Optional[Tuple[str, ...]], int, str]:
+    per_job = _int(
+        "devices_per_job", config.get("devices_per_job", 1), "give a positive integer"
+    )
+    if per_job < 1:
+        raise _refuse("devices_per_job", per_job, "give a positive integer")
+    env = config.get("device_env", "CUDA_VISIBLE_DEVICES")
+    if not isinstance(env, str) or not _ENV_NAME.match(env):
+        raise _refuse(
+            "device_env", env, "give an environment variable name such as CUDA_VISIBLE_DEVICES"
+        )
+    raw = config.get("devices")
+    if raw is None:
+        return None, per_job, env
+    if isinstance(raw, (str, bytes)) or not hasattr(raw, "__iter__"):
+        raise _refuse("devices", raw, "give a list of device ids such as [0,1,2,3]")
+    devices = tuple(str(d).strip() for d in raw)
+    if any(not d or "," in d for d in devices) or len(set(devices)) != len(devices):
+        raise _refuse(
+            "devices", list(raw), "give a list of distinct, non-empty device ids such as [0,1]"
+        )
+    if len(devices) < per_job:
+        raise LauncherConfigError(
+            f"hydra.launcher.devices={list(raw)!r} holds {len(devices)} device id(s), but "
+            f"hydra.launcher.devices_per_job={per_job} asks for {per_job} per job; "
+            "list more devices or lower devices_per_job"
+        )
+    return devices, per_job, env
+
+
+def validate(config: Mapping[str, Any]) -> LaunchOptions:
+    """Check the ``hydra.launcher`` node and return the options the launcher runs with."""
+    backend = _backend(config.get("backend", "loky"))
+    require = config.get("require")
+    if require is not None:
+        raise _refuse(
+            "require",
+            require,
+            "only null is allowed",
+            "require=sharedmem asks for threads sharing one process, and Hydra jobs "
+            "need a process each",
+        )
+    inner = config.get("inner_max_num_threads")
+    if inner is not None:
+        inner = _int("inner_max_num_threads", inner, "give a positive integer or null")
+        if inner < 1:
+            raise _refuse("inner_max_num_threads", inner, "give a positive integer or null")
+        if backend in DISTRIBUTED_BACKENDS:
+            raise _refuse(
+                "inner_max_num_threads",
+                inner,
+                f"backend={backend} cannot apply it (its workers are started outside the "
+                f"launcher); use loky or multiprocessing",
+                "On a cluster, set OMP_NUM_THREADS and friends where the workers start",
+            )
+    verbose = _int("verbose", config.get("verbose", 0), "give a whole number, 0 or more")
+    if verbose < 0:
+        raise _refuse("verbose", verbose, "give a whole number, 0 or more")
+    devices, per_job, device_env = _devices(config)
+    resume = config.get("resume", False)
+    if not isinstance(resume, bool):
+        raise _refuse("resume", resume, "give true or false")
+    return LaunchOptions(
+        backend=backend,
+        n_jobs=_n_jobs(config.get("n_jobs", -1)),
+        prefer=_choice("prefer", config.get("prefer", "processes"), ("processes", "threads")),
+        verbose=verbose,
+        timeout=_timeout(config.get("timeout")),
+        pre_dispatch=_pre_dispatch(config.get("pre_dispatch", "2*n_jobs")),
+        batch_size=_batch_size(config.get("batch_size", "auto")),
+        temp_folder=config.get("temp_folder"),
+        max_nbytes=_max_nbytes(config.get("max_nbytes")),
+        mmap_mode=_choice("mmap_mode", config.get("mmap_mode", "r"), MMAP_MODES),
+        inner_max_num_threads=inner,
+        devices=devices,
+        devices_per_job=per_job,
+        device_env=device_env,
+        progress=_choice("progress", config.get("progress", "auto"), PROGRESS_MODES),
+        resume=resume,
+    )
+

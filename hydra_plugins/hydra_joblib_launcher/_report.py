@@ -1,0 +1,209 @@
+"""What the user sees of a batch, and what stays on disk.
+
+* a failure line the moment a job ends badly;
+* live progress: a tqdm bar on a terminal, calm log lines elsewhere;
+* a summary at the end of every batch;
+* ``jobs.jsonl`` in the sweep dir, one JSON object per job, appended as each job ends,
+  and each completed job's pickled ``JobReturn`` beside its outputs, for ``resume``.
+
+All of it runs in the launching process, on outcomes the workers send anyway.
+"""
+
+import json
+import logging
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from ._job import JobOutcome, JobSpec
+
+log = logging.getLogger("hydra_plugins.hydra_joblib_launcher")
+
+MANIFEST = "jobs.jsonl"
+RETURN_FILE = "job_return.pkl"  # in the job's .hydra folder
+LOG_INTERVAL_S = 5.0
+SLOWEST_SHOWN = 3
+FAILURES_SHOWN = 20
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(max(seconds, 0)))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def return_file(output_dir: str) -> Path:
+    return Path(output_dir) / ".hydra" / RETURN_FILE
+
+
+def read_completed(sweep_dir: Path) -> Dict[Tuple[str, ...], Dict[str, Any]]:
+    """The last COMPLETED manifest record of each job (by overrides) in ``sweep_dir``."""
+    completed: Dict[Tuple[str, ...], Dict[str, Any]] = {}
+    path = sweep_dir / MANIFEST
+    if not path.exists():
+        return completed
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a crash of the launcher
+                continue
+            key = tuple(record.get("overrides") or ())
+            if record.get("status") == "COMPLETED":
+                completed[key] = record
+            else:
+                completed.pop(key, None)
+    return completed
+
+
+@dataclass
+class Reporter:
+    """Counts, progress, failure lines, the manifest and the summary of one batch."""
+
+    specs: Sequence[JobSpec]
+    sweep_dir: Path
+    n_workers: int
+    progress: str  # auto, bar, log or none
+    started: float = field(default_factory=time.time)
+    ended: Dict[int, JobOutcome] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _bar: Any = None
+    _ticker: Optional[threading.Thread] = None
+
+    def __post_init__(self) -> None:
+        self._spec_overrides = {spec.num: spec.overrides for spec in self.specs}
+        self._overrides = {num: " ".join(o) for num, o in self._spec_overrides.items()}
+        mode = self.progress
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "log"
+        if mode == "bar":
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=len(self.specs), desc="sweep", unit="job", file=sys.stderr)
+        elif mode == "log":
+            self._ticker = threading.Thread(target=self._tick, name="joblib-progress", daemon=True)
+            self._ticker.start()
+
+    # -- figures ---------------------------------------------------------------
+    def counts(self) -> Dict[str, int]:
+        with self._lock:
+            failed = sum(1 for o in self.ended.values() if not o.completed)
+            done = len(self.ended)
+        left = len(self.specs) - done
+        running = min(self.n_workers, left)
+        return {
+            "completed": done - failed,
+            "failed": failed,
+            "running": running,
+            "waiting": left - running,
+        }
+
+    def progress_line(self) -> str:
+        c = self.counts()
+        done = c["completed"] + c["failed"]
+        elapsed = time.time() - self.started
+        left = "?" if done == 0 else _clock(elapsed / done * (len(self.specs) - done))
+        return (
+            f"Progress: {done}/{len(self.specs)} jobs ended ({c['completed']} completed, "
+            f"{c['failed']} failed), {c['running']} running, {c['waiting']} waiting; "
+            f"elapsed {_clock(elapsed)}, left ~{left}"
+        )
+
+    def _tick(self) -> None:
+        while not self._stop.wait(LOG_INTERVAL_S):
+            log.info(self.progress_line())
+
+    # -- events ----------------------------------------------------------------
+    def job_ended(self, outcome: JobOutcome) -> None:
+        with self._lock:
+            self.ended[outcome.num] = outcome
+        if not outcome.completed:
+            where = outcome.log_file or outcome.output_dir or "no log: the job did not start logging"
+            log.error(
+                f"#{outcome.num} : {self._overrides.get(outcome.num, '')} FAILED after "
+                f"{outcome.duration_s:.1f}s: {outcome.error_type}: {outcome.error} (log: {where})"
+            )
+        self._write(outcome)
+        if self._bar is not None:
+            c = self.counts()
+            self._bar.set_postfix_str(
+                f"{c['completed']} ok, {c['failed']} failed, {c['running']} running", refresh=False
+            )
+            self._bar.update(1)
+
+    def _write(self, outcome: JobOutcome) -> None:
+        record: Dict[str, Any] = {
+            "num": outcome.num,
+            "overrides": list(self._spec_overrides[outcome.num]),
+            "status": "COMPLETED" if outcome.completed else "FAILED",
+            "started": _iso(outcome.started),
+            "ended": _iso(outcome.ended),
+            "duration_s": round(outcome.duration_s, 3),
+            "host": outcome.host,
+            "pid": outcome.pid,
+            "output_dir": outcome.output_dir,
+            "log_file": outcome.log_file,
+            "devices": list(outcome.devices) if outcome.devices is not None else None,
+        }
+        if outcome.completed and outcome.output_dir:
+            path = return_file(outcome.output_dir)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(outcome.payload)
+                record["return_file"] = str(path)
+            except OSError as error:
+                log.warning(f"#{outcome.num}: cannot keep its result for resume ({error})")
+        if not outcome.completed:
+            record["error_type"] = outcome.error_type
+            record["error"] = outcome.error
+        with open(self.sweep_dir / MANIFEST, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def interrupted(self) -> None:
+        self.close()
+        c = self.counts()
+        never = len(self.specs) - c["completed"] - c["failed"]
+        log.warning(
+            f"Interrupted: {c['completed']} jobs completed, {c['failed']} failed, {never} stopped "
+            "or never ran. Completed jobs' outputs are kept; hydra.launcher.resume=true runs the rest."
+        )
+
+    def summary(self) -> None:
+        """Counts by outcome, wall time, failed jobs and the slowest few."""
+        self.close()
+        c = self.counts()
+        log.info(
+            f"Batch done in {_clock(time.time() - self.started)}: {len(self.specs)} jobs, "
+            f"{c['completed']} completed, {c['failed']} failed"
+        )
+        failed = sorted((o for o in self.ended.values() if not o.completed), key=lambda o: o.num)
+        rows: List[str] = [
+            f"  #{o.num:<4} FAILED  {self._overrides.get(o.num, '')}  {o.error_type}: {o.error}"
+            for o in failed[:FAILURES_SHOWN]
+        ]
+        if len(failed) > FAILURES_SHOWN:
+            rows.append(f"  ... and {len(failed) - FAILURES_SHOWN} more failures in {MANIFEST}")
+        if len(self.specs) > 1:
+            slowest = sorted(self.ended.values(), key=lambda o: o.duration_s, reverse=True)
+            rows += [
+                f"  #{o.num:<4} {_clock(o.duration_s):>7}  {self._overrides.get(o.num, '')}"
+                for o in slowest[:SLOWEST_SHOWN]
+                if o.completed
+            ]
+        for row in rows:
+            log.info(row)

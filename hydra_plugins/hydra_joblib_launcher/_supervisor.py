@@ -1,0 +1,102 @@
+"""Supervision of a running batch: every job ends with its own outcome, whatever happens to the others.
+
+    specs ──▶ pool.run ──▶ outcome ──▶ report (at once)
+                 │
+                 └─ PoolBroken (a worker died, taking the pool with it)
+                      ├─ in flight, left a timeout marker ─▶ FAILED (timeout); the others are innocent: run again
+                      ├─ in flight, the only one          ─▶ FAILED (crash), the culprit
+                      ├─ in flight, several               ─▶ quarantine: each again in a process of its own,
+                      │                                      so a crash costs only the job that crashes
+                      └─ never dispatched                 ─▶ back in the queue
+
+An interrupt (Ctrl-C, SIGTERM) stops the pools, kills what runs, reports the
+counts and propagates, so Hydra's own handling still runs.
+"""
+
+import logging
+import time
+from typing import Callable, Dict, Iterator, List, Protocol, Sequence
+
+from ._backends import PoolBroken, crash_error, timeout_error
+from ._job import JobOutcome, JobSpec, failed_outcome, marker_path
+
+log = logging.getLogger(__name__)
+
+
+class Pool(Protocol):
+    def run(self, specs: Sequence[JobSpec]) -> Iterator[JobOutcome]: ...
+
+    def stop(self) -> None: ...
+
+
+class Report(Protocol):
+    def job_ended(self, outcome: JobOutcome) -> None: ...
+
+    def interrupted(self) -> None: ...
+
+
+def supervise(
+    specs: Sequence[JobSpec],
+    *,
+    pool: Pool,
+    quarantine: Callable[[], Pool],
+    report: Report,
+) -> Dict[int, JobOutcome]:
+    """Run ``specs`` on ``pool`` and return every job's outcome, by job number."""
+    outcomes: Dict[int, JobOutcome] = {}
+    pools: List[Pool] = [pool]
+
+    def record(outcome: JobOutcome) -> None:
+        outcomes[outcome.num] = outcome
+        report.job_ended(outcome)
+
+    queue = list(specs)
+    try:
+        while queue:
+            try:
+                for outcome in pool.run(queue):
+                    record(outcome)
+                queue = []
+            except PoolBroken as broken:
+                queue = _after_break(queue, broken, outcomes, record, quarantine, pools)
+    except BaseException:  # an interrupt: nothing more starts, nothing is left running
+        for running in reversed(pools):
+            running.stop()
+        report.interrupted()
+        raise
+    return outcomes
+
+
+def _after_break(
+    queue: List[JobSpec],
+    broken: PoolBroken,
+    outcomes: Dict[int, JobOutcome],
+    record: Callable[[JobOutcome], None],
+    quarantine: Callable[[], Pool],
+    pools: List[Pool],
+) -> List[JobSpec]:
+    """Settle the jobs a broken pool left behind; return those to run again on the pool."""
+    now = time.time()
+    unfinished = [spec for spec in queue if spec.num not in outcomes]
+    in_flight = [spec for spec in unfinished if spec.num in broken.in_flight]
+    later = [spec for spec in unfinished if spec.num not in broken.in_flight]
+    timed_out = [spec for spec in in_flight if marker_path(spec.marker_dir, spec.num).exists()]
+    for spec in timed_out:
+        record(failed_outcome(spec, timeout_error(spec), started=now))
+    suspects = [spec for spec in in_flight if spec not in timed_out]
+    if timed_out or not suspects:
+        return suspects + later
+    if len(suspects) == 1:
+        record(failed_outcome(suspects[0], crash_error(suspects[0], f"died {broken.exit_codes}"), started=now))
+        return later
+    log.warning(
+        "A worker process died while jobs %s were in flight; running them again, each in a "
+        "process of its own, so that only the job that crashed fails",
+        ", ".join(f"#{spec.num}" for spec in suspects),
+    )
+    isolated = quarantine()
+    pools.append(isolated)
+    for outcome in isolated.run(suspects):
+        record(outcome)
+    pools.remove(isolated)
+    return later

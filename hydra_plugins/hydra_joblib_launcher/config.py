@@ -1,0 +1,83 @@
+"""The launcher's typed configuration, registered as ``hydra/launcher=joblib``.
+
+Hydra imports this module at every application start (plugin discovery), so it
+imports nothing heavier than Hydra itself.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class DaskConf:
+    # address of a running Dask scheduler (tcp://host:8786, tls://...); null: start a LocalCluster on loopback
+    address: Optional[str] = None
+    # seconds to wait for the scheduler to answer before giving up
+    connect_timeout: float = 30.0
+    # serve the embedded LocalCluster's dashboard on this address (":8787"); null: no dashboard
+    dashboard_address: Optional[str] = None
+
+
+@dataclass
+class RayConf:
+    # address of a running Ray cluster ("auto", "ray://host:10001"); null: start a local Ray sized by n_jobs
+    address: Optional[str] = None
+    # further keyword arguments for ray.init (for example num_gpus, runtime_env)
+    init: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class JobLibLauncherConf:
+    _target_: str = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+
+    # maximum number of jobs running at once; -1: one per CPU core, -2: all cores but one
+    n_jobs: int = -1
+    # where jobs run: loky (reused worker processes) or multiprocessing (a fresh process per job)
+    backend: Optional[str] = "loky"
+    # joblib's soft hint for threads or processes; jobs always run in processes here
+    prefer: str = "processes"
+    # joblib's hard constraint; only null is possible (sharedmem would need threads)
+    require: Optional[str] = None
+    # joblib's progress messages: 0 silent, higher prints more
+    verbose: int = 0
+    # seconds one job may run before it is stopped and reported FAILED; null: no limit
+    timeout: Optional[float] = None
+    # jobs handed to the workers ahead of time: an integer, "all" or an expression such as "2*n_jobs"
+    pre_dispatch: str = "2*n_jobs"
+    # jobs sent to a worker in one go: a positive integer or "auto"
+    batch_size: str = "auto"
+    # folder for joblib's memory-mapped arrays; null: joblib's default
+    temp_folder: Optional[str] = None
+    # arrays larger than this are memory-mapped (bytes, or "1M", "10K"); null: never
+    max_nbytes: Optional[str] = None
+    # how workers open memory-mapped arrays: r, r+, w+, c or null
+    mmap_mode: Optional[str] = "r"
+    # threads each worker's native pools (OpenMP, BLAS) may use; null: the library default
+    inner_max_num_threads: Optional[int] = None
+
+    # device ids handed out to running jobs, such as [0,1,2,3] or MIG ids; null: no assignment
+    devices: Optional[List[Any]] = None
+    # device ids each job holds while it runs
+    devices_per_job: int = 1
+    # environment variable that carries a job's device ids (comma-separated)
+    device_env: str = "CUDA_VISIBLE_DEVICES"
+
+    # live progress: auto (bar on a terminal, log lines otherwise), bar, log or none
+    progress: str = "auto"
+    # re-run only the jobs of this sweep dir that did not complete (reads jobs.jsonl)
+    resume: bool = False
+
+    # settings of backend=dask
+    dask: DaskConf = field(default_factory=DaskConf)
+    # settings of backend=ray
+    ray: RayConf = field(default_factory=RayConf)
+
+
+ConfigStore.instance().store(
+    group="hydra/launcher",
+    name="joblib",
+    node=JobLibLauncherConf,
+    provider="joblib_launcher",
+)

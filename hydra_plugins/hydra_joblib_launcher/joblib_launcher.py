@@ -1,0 +1,172 @@
+"""The launcher Hydra calls: it wires the parts together and holds no logic of its own.
+
+    launch(job_overrides) ─▶ validate(config) ─▶ [JobSpec] ─▶ pool ─▶ supervise ─▶ [JobReturn]
+"""
+
+import logging
+import shutil
+import signal
+import tempfile
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, configure_log, filter_overrides, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+
+from ._errors import LauncherError
+from ._options import LaunchOptions, validate
+
+log = logging.getLogger(__name__)
+
+
+class JoblibLauncher(Launcher):
+    def __init__(self, **params: Any) -> None:
+        # Validated at launch, so that a bad value is reported as a Hydra error
+        # the user can act on, before any job dir exists.
+        self.params = params
+        self.config: Optional[DictConfig] = None
+        self.task_function: Optional[TaskFunction] = None
+        self.hydra_context: Optional[HydraContext] = None
+
+    def setup(
+        self,
+        *,
+        hydra_context: HydraContext,
+        task_function: TaskFunction,
+        config: DictConfig,
+    ) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.task_function = task_function
+
+    def launch(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> Sequence[JobReturn]:
+        if self.config is None or self.hydra_context is None or self.task_function is None:
+            raise LauncherError("JoblibLauncher.launch() was called before setup()")
+        options = validate(_plain(self.params))
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        with _interrupts_as_exceptions():
+            return _launch(self, options, job_overrides, initial_job_idx)
+
+
+def _plain(params: Dict[str, Any]) -> Dict[str, Any]:
+    return {
+        key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        for key, value in params.items()
+    }
+
+
+def _launch(
+    launcher: JoblibLauncher,
+    options: LaunchOptions,
+    job_overrides: Sequence[Sequence[str]],
+    initial_job_idx: int,
+) -> List[JobReturn]:
+    from joblib import cpu_count
+
+    from ._backends import FreshProcessPool, LokyPool
+    from ._devices import DevicePool
+    from ._job import JobSpec, SharedContext, capture_resolvers, pickle_context, write_context
+    from ._report import Reporter
+    from ._resume import load_completed
+    from ._supervisor import supervise
+
+    assert launcher.config is not None and launcher.hydra_context is not None
+    assert launcher.task_function is not None
+    config = launcher.config
+    n_workers = options.workers(cpu_count())
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+
+    log.info(
+        f"Joblib.Parallel({options.joblib_settings(n_workers)}) is launching "
+        f"{len(job_overrides)} jobs"
+    )
+    if options.devices is not None:
+        log.info(
+            f"Device pool {','.join(options.devices)} ({options.devices_per_job} per job, in "
+            f"{options.device_env}): at most {n_workers} jobs at once, each in a fresh process"
+        )
+    log.info(f"Launching jobs, sweep output dir : {sweep_dir}")
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+
+    nums = range(initial_job_idx, initial_job_idx + len(job_overrides))
+    for num, overrides in zip(nums, job_overrides):
+        log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
+
+    run_dir = Path(tempfile.mkdtemp(prefix="hydra-joblib-"))
+    try:
+        context_file = run_dir / "context.pkl"
+        context = SharedContext(
+            hydra_context=launcher.hydra_context,
+            task_function=launcher.task_function,
+            config=config,
+            singleton_state=Singleton.get_state(),
+            resolvers=capture_resolvers(),
+        )
+        write_context(_pickled(context, pickle_context), context_file)
+        specs = [
+            JobSpec(
+                num=num,
+                overrides=tuple(overrides),
+                context_file=str(context_file),
+                marker_dir=str(run_dir),
+                timeout=options.timeout,
+            )
+            for num, overrides in zip(nums, job_overrides)
+        ]
+        done = load_completed(specs, sweep_dir) if options.resume else {}
+        to_run = [spec for spec in specs if spec.num not in done]
+        if options.resume:
+            log.info(f"Resuming: {len(done)} jobs completed before are skipped, {len(to_run)} run")
+
+        def fresh() -> FreshProcessPool:
+            devices = DevicePool(options.devices, options.devices_per_job) if options.devices else None
+            return FreshProcessPool(options, n_workers, run_dir, devices)
+
+        fresh_per_job = options.backend == "multiprocessing" or options.devices is not None
+        pool = fresh() if fresh_per_job else LokyPool(options, n_workers)
+        reporter = Reporter(to_run, sweep_dir=sweep_dir, n_workers=n_workers, progress=options.progress)
+        outcomes = supervise(to_run, pool=pool, quarantine=fresh, report=reporter) if to_run else {}
+        reporter.summary()
+        returns = {**done, **{num: outcome.job_return() for num, outcome in outcomes.items()}}
+        return [returns[spec.num] for spec in specs]
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+
+
+def _pickled(context: Any, pickle_context: Callable[[Any], bytes]) -> bytes:
+    try:
+        return pickle_context(context)
+    except Exception as error:  # noqa: BLE001 - whatever pickling raises means the same
+        raise LauncherError(
+            f"The task cannot be sent to worker processes: pickling it failed with "
+            f"{type(error).__name__}: {error}. Define the task function, and the objects it "
+            "uses, at module level (not inside another function), and keep open files, "
+            "locks and connections out of the config and of global state the task refers to."
+        ) from None
+
+
+@contextmanager
+def _interrupts_as_exceptions() -> Iterator[None]:
+    """SIGTERM raises SystemExit(143) while jobs run, so workers are stopped before the launcher goes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+

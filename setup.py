@@ -1,0 +1,37 @@
+from pathlib import Path
+
+from setuptools import find_namespace_packages, setup
+
+
+def version() -> str:
+    init = Path(__file__).parent / "hydra_plugins" / "hydra_joblib_launcher" / "__init__.py"
+    for line in init.read_text().splitlines():
+        if line.startswith("__version__"):
+            return line.split("=")[1].strip().strip('"')
+    raise RuntimeError("no __version__ in " + str(init))
+
+
+setup(
+    name="hydra-joblib-launcher",
+    version=version(),
+    description="Hydra launcher that runs a sweep's jobs in parallel through joblib, and loses nothing",
+    long_description=Path("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    packages=find_namespace_packages(include=["hydra_plugins.*"]),
+    package_data={"hydra_plugins.hydra_joblib_launcher": ["py.typed"]},
+    python_requires=">=3.10",
+    install_requires=["hydra-core>=1.3.2,<1.5", "joblib>=1.5", "cloudpickle>=2.2", "tqdm>=4.60"],
+    extras_require={
+        "test": ["pytest>=7", "hydra-optuna-sweeper>=1.2"],
+    },
+    classifiers=[
+        "License :: OSI Approved :: MIT License",
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
+        "Operating System :: POSIX :: Linux",
+        "Operating System :: MacOS",
+    ],
+    include_package_data=True,
+)
