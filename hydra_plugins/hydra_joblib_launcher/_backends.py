@@ -29,10 +29,10 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, FrozenSet, Iterator, Optional, Sequence, Set
+from typing import Any, Callable, Dict, FrozenSet, Iterator, Optional, Sequence, Set, Tuple, Union
 
 from ._devices import DevicePool
-from ._errors import JobTimeout, WorkerCrashed
+from ._errors import JobTimeout, LauncherConfigError, WorkerCrashed
 from ._job import (
     HARD_STOP_GRACE_S,
     JobOutcome,
@@ -225,7 +225,7 @@ class FreshProcessPool:
                 with open(out_path, "rb") as f:
                     outcome: JobOutcome = pickle.load(f)
                 out_path.unlink()
-                return _with_devices(outcome, devices)
+                return outcome
             if returncode is None or marker_path(spec.marker_dir, spec.num).exists():
                 error: Exception = timeout_error(spec)
             else:
@@ -280,9 +280,22 @@ class FreshProcessPool:
         """Nothing outlives a job here."""
 
 
-def _with_devices(outcome: JobOutcome, devices: Optional[Sequence[str]]) -> JobOutcome:
-    if devices is None:
-        return outcome
-    from dataclasses import replace
+Pool = Union[LokyPool, FreshProcessPool]
 
-    return replace(outcome, devices=tuple(devices))
+
+def open_pools(
+    options: LaunchOptions, *, n_workers: int, run_dir: Path
+) -> Tuple[Pool, Callable[[], Pool]]:
+    """The pool the batch runs on, and how to make the quarantine pool for suspects of a crash."""
+
+    def fresh() -> FreshProcessPool:
+        devices = None
+        if options.devices is not None:
+            devices = DevicePool(options.devices, options.devices_per_job)
+        return FreshProcessPool(options, n_workers, run_dir, devices)
+
+    if options.backend == "multiprocessing" or options.devices is not None:
+        return fresh(), fresh
+    if options.backend == "loky":
+        return LokyPool(options, n_workers), fresh
+    raise LauncherConfigError(f"hydra.launcher.backend={options.backend} is not available yet")

@@ -34,7 +34,7 @@ from omegaconf import DictConfig, open_dict
 
 from ._errors import JobTimeout, RemoteJobError, ResultNotSendable
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("hydra_joblib_launcher")
 
 # A job over its timeout first gets JobTimeout raised in its thread; if it is
 # stuck in native code and ignores it this long, its process is killed.
@@ -61,6 +61,7 @@ class JobSpec:
     context_file: str
     marker_dir: str
     timeout: Optional[float] = None
+    device_env: Optional[str] = None  # set when the job is handed devices through this variable
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,25 @@ def _time_limit(spec: JobSpec) -> Iterator[None]:
         watchdog.cancel()
 
 
+def _devices(spec: JobSpec) -> Optional[Tuple[str, ...]]:
+    if spec.device_env is None or spec.device_env not in os.environ:
+        return None
+    return tuple(os.environ[spec.device_env].split(","))
+
+
+def _announced(task_function: TaskFunction, spec: JobSpec) -> TaskFunction:
+    """The task, preceded by a line in the job's own log saying where it runs."""
+
+    def task(cfg: DictConfig) -> Any:
+        where = f"host {socket.gethostname()}, process {os.getpid()}"
+        if spec.device_env is not None:
+            where += f", {spec.device_env}={os.environ.get(spec.device_env, '')}"
+        log.info(f"Job #{spec.num} running on {where}")
+        return task_function(cfg)
+
+    return task
+
+
 def _sweep_config(context: SharedContext, spec: JobSpec) -> DictConfig:
     config = context.hydra_context.config_loader.load_sweep_config(
         context.config, list(spec.overrides)
@@ -272,7 +292,7 @@ def run_job_spec(spec: JobSpec) -> JobOutcome:
             HydraConfig.instance().set_config(config)
             ret = run_job(
                 hydra_context=context.hydra_context,
-                task_function=context.task_function,
+                task_function=_announced(context.task_function, spec),
                 config=config,
                 job_dir_key="hydra.sweep.dir",
                 job_subdir_key="hydra.sweep.subdir",
@@ -297,6 +317,7 @@ def run_job_spec(spec: JobSpec) -> JobOutcome:
         log_file=log_file,
         error_type=error_type,
         error=error,
+        devices=_devices(spec),
     )
 
 

@@ -71,8 +71,7 @@ def _launch(
 ) -> List[JobReturn]:
     from joblib import cpu_count
 
-    from ._backends import FreshProcessPool, LokyPool
-    from ._devices import DevicePool
+    from ._backends import open_pools
     from ._job import JobSpec, SharedContext, capture_resolvers, pickle_context, write_context
     from ._report import Reporter
     from ._resume import load_completed
@@ -118,6 +117,7 @@ def _launch(
                 context_file=str(context_file),
                 marker_dir=str(run_dir),
                 timeout=options.timeout,
+                device_env=options.device_env if options.devices is not None else None,
             )
             for num, overrides in zip(nums, job_overrides)
         ]
@@ -126,14 +126,9 @@ def _launch(
         if options.resume:
             log.info(f"Resuming: {len(done)} jobs completed before are skipped, {len(to_run)} run")
 
-        def fresh() -> FreshProcessPool:
-            devices = DevicePool(options.devices, options.devices_per_job) if options.devices else None
-            return FreshProcessPool(options, n_workers, run_dir, devices)
-
-        fresh_per_job = options.backend == "multiprocessing" or options.devices is not None
-        pool = fresh() if fresh_per_job else LokyPool(options, n_workers)
+        pool, quarantine = open_pools(options, n_workers=n_workers, run_dir=run_dir)
         reporter = Reporter(to_run, sweep_dir=sweep_dir, n_workers=n_workers, progress=options.progress)
-        outcomes = supervise(to_run, pool=pool, quarantine=fresh, report=reporter) if to_run else {}
+        outcomes = supervise(to_run, pool=pool, quarantine=quarantine, report=reporter) if to_run else {}
         reporter.summary()
         returns = {**done, **{num: outcome.job_return() for num, outcome in outcomes.items()}}
         return [returns[spec.num] for spec in specs]
