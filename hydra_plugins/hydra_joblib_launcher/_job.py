@@ -62,6 +62,10 @@ class JobSpec:
     marker_dir: str
     timeout: Optional[float] = None
     device_env: Optional[str] = None  # set when the job is handed devices through this variable
+    # On clusters that re-run a job whose worker died (Dask), the job counts its
+    # attempts in marker_dir and gives up, FAILED, after this many deaths.
+    max_worker_deaths: Optional[int] = None
+    sweep_dir: Optional[str] = None  # replaces hydra.sweep.dir (made absolute for remote workers)
 
 
 @dataclass(frozen=True)
@@ -162,6 +166,38 @@ def marker_path(marker_dir: str, num: int) -> Path:
     return Path(marker_dir) / f"{num}.timeout"
 
 
+def attempts_path(marker_dir: str, num: int) -> Path:
+    """One line per start of the job, for clusters that re-run jobs whose worker died."""
+    return Path(marker_dir) / f"{num}.attempts"
+
+
+def _settled_before_start(spec: JobSpec, started: float) -> Optional[JobOutcome]:
+    """The outcome of a job re-run by the cluster after it already ended badly, else None."""
+    from ._errors import WorkerCrashed
+
+    if spec.timeout is not None and marker_path(spec.marker_dir, spec.num).exists():
+        error: Exception = JobTimeout(
+            f"job #{spec.num} ran longer than hydra.launcher.timeout={spec.timeout:g}s "
+            "and its process was killed"
+        )
+        return failed_outcome(spec, error, started=started, pid=os.getpid())
+    if spec.max_worker_deaths is None:
+        return None
+    path = attempts_path(spec.marker_dir, spec.num)
+    deaths = len(path.read_text().splitlines()) if path.exists() else 0
+    if deaths >= spec.max_worker_deaths:
+        overrides = " ".join(spec.overrides) or "(no overrides)"
+        error = WorkerCrashed(
+            f"job #{spec.num} ({overrides}) did not finish: the worker process running it "
+            f"died {deaths} times. Likely causes: a crash in native code (segmentation fault), "
+            "the out-of-memory killer, or os._exit()/a signal in the task."
+        )
+        return failed_outcome(spec, error, started=started, pid=os.getpid())
+    with open(path, "a") as f:
+        f.write(f"{socket.gethostname()} {os.getpid()}\n")
+    return None
+
+
 @contextmanager
 def _time_limit(spec: JobSpec) -> Iterator[None]:
     """Stop the job after ``spec.timeout`` seconds, and its process if the job will not stop.
@@ -229,6 +265,8 @@ def _sweep_config(context: SharedContext, spec: JobSpec) -> DictConfig:
     with open_dict(config):
         config.hydra.job.id = f"{config.hydra.job.name}_{spec.num}"
         config.hydra.job.num = spec.num
+        if spec.sweep_dir is not None:
+            config.hydra.sweep.dir = spec.sweep_dir
     return config
 
 
@@ -284,6 +322,9 @@ def run_job_spec(spec: JobSpec) -> JobOutcome:
     outcome. Only the death of the process itself is left to the supervisor.
     """
     started = time.time()
+    settled = _settled_before_start(spec, started)
+    if settled is not None:
+        return settled
     context = load_context(spec.context_file)
     setup_globals()
     try:
@@ -300,6 +341,8 @@ def run_job_spec(spec: JobSpec) -> JobOutcome:
     except Exception as error:  # noqa: BLE001 - raised outside the task: config, callbacks
         ret = JobReturn(overrides=list(spec.overrides), status=JobStatus.FAILED)
         ret._return_value = error
+    if spec.max_worker_deaths is not None:
+        attempts_path(spec.marker_dir, spec.num).unlink(missing_ok=True)
     payload, ret = _pickle_return(ret, spec)
     output_dir, log_file = _log_file(ret.hydra_cfg)
     error_type = error = None

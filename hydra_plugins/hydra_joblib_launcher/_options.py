@@ -42,6 +42,13 @@ class LaunchOptions:
     device_env: str
     progress: str
     resume: bool
+    dask: "DaskOptions"
+    ray: "RayOptions"
+
+    @property
+    def distributed(self) -> bool:
+        """Jobs run on workers the launcher does not start itself (maybe on other machines)."""
+        return self.backend in DISTRIBUTED_BACKENDS
 
     def workers(self, cpu_count: int) -> int:
         """How many jobs may run at once: n_jobs as joblib reads it, capped by the device pool."""
@@ -73,6 +80,49 @@ class LaunchOptions:
         if self.inner_max_num_threads is not None:
             items["inner_max_num_threads"] = self.inner_max_num_threads
         return ",".join(f"{key}={value}" for key, value in items.items())
+
+
+@dataclass(frozen=True)
+class DaskOptions:
+    address: Optional[str]
+    connect_timeout: float
+    dashboard_address: Optional[str]
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    address: Optional[str]
+    init: Tuple[Tuple[str, Any], ...]  # extra ray.init keyword arguments, as sorted pairs
+
+
+def _dask(node: Any) -> DaskOptions:
+    node = dict(node or {})
+    timeout = node.get("connect_timeout", 30.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise _refuse("dask.connect_timeout", timeout, "give a positive number of seconds")
+    address = node.get("address")
+    if address is not None and not (isinstance(address, str) and "://" in address):
+        raise _refuse(
+            "dask.address", address, "give a scheduler address such as tcp://host:8786, or null"
+        )
+    return DaskOptions(
+        address=address,
+        connect_timeout=float(timeout),
+        dashboard_address=node.get("dashboard_address"),
+    )
+
+
+def _ray(node: Any) -> RayOptions:
+    node = dict(node or {})
+    init = node.get("init") or {}
+    if not isinstance(init, Mapping):
+        raise _refuse("ray.init", init, "give a mapping of ray.init keyword arguments")
+    if "address" in init:
+        raise _refuse("ray.init", dict(init), "set the address as hydra.launcher.ray.address")
+    address = node.get("address")
+    if address is not None and not isinstance(address, str):
+        raise _refuse("ray.address", address, 'give "auto", "ray://host:10001" or null')
+    return RayOptions(address=address, init=tuple(sorted(init.items())))
 
 
 def _refuse(key: str, value: Any, allowed: str, hint: str = "") -> LauncherConfigError:
@@ -244,6 +294,15 @@ def validate(config: Mapping[str, Any]) -> LaunchOptions:
     if verbose < 0:
         raise _refuse("verbose", verbose, "give a whole number, 0 or more")
     devices, per_job, device_env = _devices(config)
+    if devices is not None and backend in DISTRIBUTED_BACKENDS:
+        raise _refuse(
+            "devices",
+            list(devices),
+            f"backend={backend} cannot promise each job its own devices (the pool would be "
+            "per launcher, not per worker host); use loky or multiprocessing",
+            "On a cluster, give each worker its GPU where the worker starts "
+            "(for example CUDA_VISIBLE_DEVICES per dask worker)",
+        )
     resume = config.get("resume", False)
     if not isinstance(resume, bool):
         raise _refuse("resume", resume, "give true or false")
@@ -264,5 +323,7 @@ def validate(config: Mapping[str, Any]) -> LaunchOptions:
         device_env=device_env,
         progress=_choice("progress", config.get("progress", "auto"), PROGRESS_MODES),
         resume=resume,
+        dask=_dask(config.get("dask")),
+        ray=_ray(config.get("ray")),
     )
 

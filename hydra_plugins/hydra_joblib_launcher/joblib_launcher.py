@@ -82,6 +82,9 @@ def _launch(
     config = launcher.config
     n_workers = options.workers(cpu_count())
     sweep_dir = Path(str(config.hydra.sweep.dir))
+    if options.distributed:
+        # Workers on other machines write into the same tree (a shared filesystem).
+        sweep_dir = sweep_dir.absolute()
 
     log.info(
         f"Joblib.Parallel({options.joblib_settings(n_workers)}) is launching "
@@ -99,7 +102,10 @@ def _launch(
     for num, overrides in zip(nums, job_overrides):
         log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
 
-    run_dir = Path(tempfile.mkdtemp(prefix="hydra-joblib-"))
+    # Context and markers: on the shared sweep dir when workers may be elsewhere.
+    run_dir = Path(
+        tempfile.mkdtemp(prefix=".hydra-joblib-", dir=sweep_dir if options.distributed else None)
+    )
     try:
         context_file = run_dir / "context.pkl"
         context = SharedContext(
@@ -118,6 +124,7 @@ def _launch(
                 marker_dir=str(run_dir),
                 timeout=options.timeout,
                 device_env=options.device_env if options.devices is not None else None,
+                sweep_dir=str(sweep_dir) if options.distributed else None,
             )
             for num, overrides in zip(nums, job_overrides)
         ]
