@@ -17,8 +17,9 @@ PROGRESS_MODES = ("auto", "bar", "log", "none")
 MMAP_MODES = (None, "r", "r+", "w+", "c")
 
 _THREAD_BACKENDS = ("threading", "sequential")
-_PRE_DISPATCH = re.compile(r"^\s*(?:(\d+)\s*\*\s*)?n_jobs(?:\s*\*\s*(\d+))?\s*$")
-_NBYTES = re.compile(r"^\s*(\d+)\s*([KMG]?)\s*$", re.IGNORECASE)
+_NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
+_PRE_DISPATCH = re.compile(rf"^\s*(?:{_NUMBER}\s*\*\s*)?n_jobs(?:\s*\*\s*{_NUMBER})?\s*$")
+_NBYTES = re.compile(rf"^\s*{_NUMBER}\s*([KMG]?)\s*$", re.IGNORECASE)
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -187,7 +188,9 @@ def _pre_dispatch(value: Any) -> Union[int, str]:
     number = _positive_int_text(value)
     if number is not None:
         return number
-    if isinstance(value, str) and (value.strip() == "all" or _PRE_DISPATCH.match(value)):
+    if isinstance(value, str) and value.strip() == "all":
+        return "all"
+    if isinstance(value, str) and _PRE_DISPATCH.match(value) and _factor(value) > 0:
         return value.strip()
     raise _refuse(
         "pre_dispatch",
@@ -196,13 +199,19 @@ def _pre_dispatch(value: Any) -> Union[int, str]:
     )
 
 
+def _factor(expression: str) -> float:
+    """The multiplier of n_jobs in a ``pre_dispatch`` expression such as "1.5*n_jobs"."""
+    match = _PRE_DISPATCH.match(expression)
+    if match is None:
+        raise ValueError(f"not a pre_dispatch expression: {expression!r}")
+    return float(match.group(1) or 1) * float(match.group(2) or 1)
+
+
 def pre_dispatch_count(pre_dispatch: Union[int, str], n_jobs: int) -> Union[int, str]:
-    """Evaluate a validated ``pre_dispatch`` for ``n_jobs`` workers (joblib would ``eval`` it)."""
+    """Evaluate a validated ``pre_dispatch`` for ``n_jobs`` workers, as joblib would (never below 1)."""
     if isinstance(pre_dispatch, int) or pre_dispatch == "all":
         return pre_dispatch
-    match = _PRE_DISPATCH.match(pre_dispatch)
-    assert match is not None, "validated by _pre_dispatch"
-    return n_jobs * int(match.group(1) or 1) * int(match.group(2) or 1)
+    return max(int(n_jobs * _factor(pre_dispatch)), 1)
 
 
 def _batch_size(value: Any) -> Union[int, str]:
@@ -225,7 +234,7 @@ def _max_nbytes(value: Any) -> Optional[int]:
             'give a size in bytes, optionally with a unit ("1M", "500K", "2G"), or null',
         )
     scale = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}[match.group(2).upper()]
-    return int(match.group(1)) * scale
+    return int(float(match.group(1)) * scale)
 
 
 def _choice(key: str, value: Any, choices: Tuple[Optional[str], ...]) -> Any:

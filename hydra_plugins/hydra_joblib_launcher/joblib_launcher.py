@@ -138,6 +138,12 @@ def _launch(
         outcomes = supervise(to_run, pool=pool, quarantine=quarantine, report=reporter) if to_run else {}
         reporter.summary()
         returns = {**done, **{num: outcome.job_return() for num, outcome in outcomes.items()}}
+        missing = [f"#{spec.num}" for spec in specs if spec.num not in returns]
+        if missing:  # a bug of ours, never the user's: say so rather than lose the batch silently
+            raise LauncherError(
+                f"jobs {', '.join(missing)} ended without an outcome; please report this "
+                "to hydra-joblib-launcher with the launch log"
+            )
         return [returns[spec.num] for spec in specs]
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
