@@ -1,0 +1,287 @@
+"""Nothing lost: a job that fails, crashes, hangs or is interrupted costs only itself.
+
+Each test runs tests/apps/faulty.py as a user would, with six jobs on two
+workers, one of which misbehaves.
+"""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from conftest import APPS, Run, run_app
+
+BACKENDS = ["loky", "multiprocessing"]
+NAMES = "abcdef"
+
+
+def sweep(backend: str, sweep_dir: Path, *extra: str, timeout: float = 180) -> Run:
+    return run_app(
+        APPS / "faulty.py",
+        [
+            "-m",
+            "hydra/launcher=joblib",
+            f"hydra.launcher.backend={backend}",
+            "hydra.launcher.n_jobs=2",
+            "hydra.launcher.progress=none",
+            f"hydra.sweep.dir={sweep_dir}",
+            f"+name={','.join(NAMES)}",
+            "+work=0.3",
+            *extra,
+        ],
+        cwd=sweep_dir.parent,
+        timeout=timeout,
+    )
+
+
+def finished(sweep_dir: Path) -> List[str]:
+    """Names of the jobs whose task returned (each writes done.marker)."""
+    return sorted(p.read_text() for p in sweep_dir.glob("*/done.marker"))
+
+
+def others_finished(sweep_dir: Path, culprit: str = "c") -> None:
+    assert finished(sweep_dir) == [n for n in NAMES if n != culprit]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_raising_job_fails_alone_and_is_reported_at_once(backend: str, sweep_dir: Path) -> None:
+    run = sweep(backend, sweep_dir, "+modes.c=raise")
+
+    assert run.returncode != 0  # Hydra's basic sweeper re-raises the first failure
+    others_finished(sweep_dir)
+    assert "ValueError: job c failed on purpose" in run.output
+    failure_line = next(line for line in run.output.splitlines() if "#2 : " in line and "FAILED" in line)
+    assert "+name=c" in failure_line and "ValueError: job c failed on purpose" in failure_line
+    assert str(sweep_dir / "2" / "faulty.log") in failure_line
+    # logged the moment it happened: before the batch summary
+    assert run.output.index(failure_line) < run.output.index("Batch done")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "mode, how", [("exit", "exited with status 3"), ("sigkill", "killed by signal SIGKILL")]
+)
+def test_a_job_that_kills_its_worker_fails_alone(
+    backend: str, mode: str, how: str, sweep_dir: Path
+) -> None:
+    run = sweep(backend, sweep_dir, f"+modes.c={mode}")
+
+    assert run.returncode != 0
+    others_finished(sweep_dir)
+    assert f"WorkerCrashed: job #2 (+name=c +work=0.3 +modes.c={mode}) did not finish" in run.output
+    assert how in run.output
+    assert "out-of-memory" in run.output  # the likely causes are named
+    assert "Batch done" in run.output and "5 completed, 1 failed" in run.output
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_job_past_its_timeout_is_stopped_alone(backend: str, sweep_dir: Path) -> None:
+    run = sweep(backend, sweep_dir, "+modes.c=sleep", "hydra.launcher.timeout=3")
+
+    assert run.returncode != 0
+    others_finished(sweep_dir)
+    assert "JobTimeout: job #2 ran longer than hydra.launcher.timeout=3s" in run.output
+    assert run.seconds < 60  # the job sleeps 600 s
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_result_that_cannot_be_pickled_fails_its_job_with_a_clear_error(
+    backend: str, sweep_dir: Path
+) -> None:
+    run = sweep(backend, sweep_dir, "+modes.c=unpicklable")
+
+    assert run.returncode != 0
+    assert finished(sweep_dir) == list(NAMES)  # c's task ran to its end...
+    assert "ResultNotSendable: job #2" in run.output  # ...but its result could not come back
+    assert "cannot be pickled back to the launcher" in run.output
+    assert "define its class at module level" in run.output
+
+
+def test_a_task_that_cannot_be_pickled_fails_before_any_job_starts(tmp_path: Path) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(
+        "import threading\n"
+        "import hydra\n"
+        "LOCK = threading.Lock()\n"
+        "@hydra.main(version_base=None, config_path=None, config_name=None)\n"
+        "def main(cfg):\n"
+        "    return LOCK\n"
+        "if __name__ == '__main__':\n"
+        "    main()\n"
+    )
+    sweep_dir = tmp_path / "sweep"
+    run = run_app(
+        app,
+        ["-m", "hydra/launcher=joblib", f"hydra.sweep.dir={sweep_dir}", "+x=1,2"],
+        cwd=tmp_path,
+    )
+
+    assert run.returncode != 0
+    assert "The task cannot be sent to worker processes" in run.stderr
+    assert "lock" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert not (sweep_dir / "0").exists()
+
+
+def _session_processes(sid: int) -> List[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        # fields[0] is the state, fields[3] the session id; zombies are gone for good
+        if int(fields[3]) == sid and fields[0] != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupt_stops_every_process_and_reports_the_counts(
+    backend: str, signum: int, tmp_path: Path
+) -> None:
+    sweep_dir = tmp_path / "sweep"
+    count_dir = tmp_path / "counts"
+    count_dir.mkdir()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-Werror",
+            str(APPS / "faulty.py"),
+            "-m",
+            "hydra/launcher=joblib",
+            f"hydra.launcher.backend={backend}",
+            "hydra.launcher.n_jobs=2",
+            "hydra.launcher.progress=none",
+            f"hydra.sweep.dir={sweep_dir}",
+            f"+count_dir={count_dir}",
+            "+name=a,b,c,d,e,f",
+            "+modes.c=ok",
+            "+work=1",
+            "+modes.d=sleep",
+            "+modes.e=sleep",
+            "+modes.f=sleep",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        # a, b, c work 1 s each; d and e start as c and one of a, b end
+        while not (count_dir / "e.runs").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (count_dir / "e.runs").exists(), "the sweep did not get going"
+        time.sleep(0.5)
+        sent = time.monotonic()
+        if signum == signal.SIGINT:
+            os.killpg(proc.pid, signum)  # Ctrl-C reaches the whole foreground group
+        else:
+            os.kill(proc.pid, signum)  # `kill PID` reaches the launcher alone
+        output, _ = proc.communicate(timeout=30)
+        exited_after = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    assert proc.returncode != 0
+    assert exited_after < 10
+    time.sleep(3)
+    assert _session_processes(proc.pid) == [], "processes of the sweep outlived it"
+    assert "Interrupted: 3 jobs completed, 0 failed, 3 stopped or never ran" in output
+    assert finished(sweep_dir) == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_process_outlives_a_normal_multirun(backend: str, tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-Werror",
+            str(APPS / "faulty.py"),
+            "-m",
+            "hydra/launcher=joblib",
+            f"hydra.launcher.backend={backend}",
+            "hydra.launcher.n_jobs=2",
+            f"hydra.sweep.dir={sweep_dir}",
+            "+name=a,b,c",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    assert proc.wait(timeout=120) == 0
+    time.sleep(2)
+    assert _session_processes(proc.pid) == []
+
+
+def test_optuna_sees_every_healthy_trial_when_jobs_crash(tmp_path: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    db = tmp_path / "study.db"
+    app = tmp_path / "objective.py"
+    app.write_text(
+        "import os\n"
+        "import hydra\n"
+        "@hydra.main(version_base=None, config_path=None, config_name=None)\n"
+        "def main(cfg):\n"
+        "    if cfg.x == 3:\n"
+        "        os._exit(3)\n"
+        "    if cfg.x == 5:\n"
+        "        raise ValueError('bad trial')\n"
+        "    return float(cfg.x)\n"
+        "if __name__ == '__main__':\n"
+        "    main()\n"
+    )
+    # Optuna 2 warns at import under -Werror (SQLAlchemy deprecations): not ours.
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(app),
+            "-m",
+            "hydra/sweeper=optuna",
+            "hydra/sweeper/sampler=grid",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            "+x=choice(0,1,2,3,4,5,6,7)",
+            "hydra.sweeper.n_trials=8",
+            "hydra.sweeper.n_jobs=4",  # two batches of four
+            "hydra.sweeper.direction=maximize",
+            "hydra.sweeper.max_failure_rate=0.5",
+            f"hydra.sweeper.storage=sqlite:///{db}",
+            "hydra.sweeper.study_name=faults",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    with sqlite3.connect(db) as connection:
+        rows = connection.execute(
+            "SELECT t.state, p.param_value, v.value FROM trials t "
+            "JOIN trial_params p ON p.trial_id = t.trial_id "
+            "LEFT JOIN trial_values v ON v.trial_id = t.trial_id"
+        ).fetchall()
+    # the grid sampler stores the index of the choice, here the same as x
+    states = {int(x): (state, value) for state, x, value in rows}
+    assert states[3] == ("FAIL", None)
+    assert states[5] == ("FAIL", None)
+    assert {x: v for x, (s, v) in states.items() if s == "COMPLETE"} == {
+        x: float(x) for x in (0, 1, 2, 4, 6, 7)
+    }
