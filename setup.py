@@ -22,7 +22,15 @@ setup(
     python_requires=">=3.10",
     install_requires=["hydra-core>=1.3.2,<1.5", "joblib>=1.5", "cloudpickle>=2.2", "tqdm>=4.60"],
     extras_require={
-        "test": ["pytest>=7", "hydra-optuna-sweeper>=1.2"],
+        "test": [
+            "pytest>=7",
+            "pandas",
+            # the Optuna sweeper test: hydra-optuna-sweeper allows optuna 2 only, which
+            # needs SQLAlchemy 1.x (and an alembic that accepts it) for its study storage
+            "hydra-optuna-sweeper>=1.2",
+            "sqlalchemy<2",
+            "alembic<1.10",
+        ],
     },
     classifiers=[
         "License :: OSI Approved :: MIT License",

@@ -298,4 +298,9 @@ def open_pools(
         return fresh(), fresh
     if options.backend == "loky":
         return LokyPool(options, n_workers), fresh
+    if options.distributed:
+        from ._distributed import open_pool
+
+        pool = open_pool(options, n_workers=n_workers)
+        return pool, lambda: pool  # the cluster re-runs the jobs of a dead worker itself
     raise LauncherConfigError(f"hydra.launcher.backend={options.backend} is not available yet")

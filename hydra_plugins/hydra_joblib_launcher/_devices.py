@@ -13,7 +13,7 @@ class DevicePool:
         self._changed = threading.Condition()
 
     def acquire(self) -> Tuple[str, ...]:
-        """Block until ``per_job`` ids are free, then take them (lowest first)."""
+        """Block until ``per_job`` ids are free, then take them (the longest free first)."""
         with self._changed:
             self._changed.wait_for(lambda: len(self._free) >= self._per_job)
             taken, self._free = self._free[: self._per_job], self._free[self._per_job :]

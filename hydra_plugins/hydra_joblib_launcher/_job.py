@@ -12,6 +12,8 @@ context, the singleton state, custom resolvers) is pickled once per launch
 into a file and read once per worker process, not sent with every job.
 """
 
+import functools
+import json
 import logging
 import os
 import pickle
@@ -95,11 +97,42 @@ class JobOutcome:
         return ret
 
 
-def _cloudpickle() -> Any:
-    # cloudpickle sends functions and classes of __main__ by value, as loky does.
+def dumps(obj: Any) -> bytes:
+    """Pickle ``obj`` as cloudpickle does (``__main__`` and local functions by value).
+
+    Unlike plain cloudpickle, code sent by value keeps its file name, so that
+    tracebacks of a failed job point at the user's file, not ``<dynamic-code>``.
+    """
+    import io
+
+    buffer = io.BytesIO()
+    _pickler_class()(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    return buffer.getvalue()
+
+
+@functools.lru_cache(maxsize=None)
+def _pickler_class() -> Any:
+    import copyreg
+    import types
+    from collections import ChainMap
+
     import cloudpickle
 
-    return cloudpickle
+    code_reduce = getattr(cloudpickle.cloudpickle, "_code_reduce", None)
+    if code_reduce is None:  # a cloudpickle that works differently: keep its behaviour
+        return cloudpickle.Pickler
+
+    def keep_filename(code: types.CodeType) -> Any:
+        constructor, args = code_reduce(code)
+        args = tuple(code.co_filename if arg == "<dynamic-code>" else arg for arg in args)
+        return constructor, args
+
+    class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+        dispatch_table = ChainMap(
+            {types.CodeType: keep_filename}, cloudpickle.Pickler.dispatch_table, copyreg.dispatch_table
+        )
+
+    return Pickler
 
 
 def capture_resolvers() -> Dict[str, bytes]:
@@ -115,7 +148,7 @@ def capture_resolvers() -> Dict[str, bytes]:
     pickled = {}
     for name, resolver in BaseContainer._resolvers.items():
         try:
-            pickled[name] = _cloudpickle().dumps(resolver)
+            pickled[name] = dumps(resolver)
         except Exception as error:  # noqa: BLE001 - any pickling failure means the same
             log.debug("Resolver %r cannot be sent to workers: %s", name, error)
     return pickled
@@ -123,7 +156,7 @@ def capture_resolvers() -> Dict[str, bytes]:
 
 def pickle_context(context: SharedContext) -> bytes:
     """Pickle ``context``: this is where a task that cannot be sent to workers fails."""
-    return bytes(_cloudpickle().dumps(context))
+    return bytes(dumps(context))
 
 
 def write_context(payload: bytes, path: Path) -> None:
@@ -164,6 +197,31 @@ def load_context(path: str) -> SharedContext:
 def marker_path(marker_dir: str, num: int) -> Path:
     """Where a job that had to kill its own process leaves word why."""
     return Path(marker_dir) / f"{num}.timeout"
+
+
+def started_path(marker_dir: str, num: int) -> Path:
+    """Where a job notes, as its task starts, where it runs and logs (read if its process dies)."""
+    return Path(marker_dir) / f"{num}.started"
+
+
+def _write_started(spec: JobSpec) -> None:
+    output_dir, log_file = _log_file(HydraConfig.instance().cfg)
+    record = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": time.time(),
+        "output_dir": output_dir,
+        "log_file": log_file,
+    }
+    started_path(spec.marker_dir, spec.num).write_text(json.dumps(record))
+
+
+def _read_started(spec: JobSpec) -> Dict[str, Any]:
+    try:
+        record = json.loads(started_path(spec.marker_dir, spec.num).read_text())
+        return record if isinstance(record, dict) else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def attempts_path(marker_dir: str, num: int) -> Path:
@@ -249,6 +307,7 @@ def _announced(task_function: TaskFunction, spec: JobSpec) -> TaskFunction:
     """The task, preceded by a line in the job's own log saying where it runs."""
 
     def task(cfg: DictConfig) -> Any:
+        _write_started(spec)
         where = f"host {socket.gethostname()}, process {os.getpid()}"
         if spec.device_env is not None:
             where += f", {spec.device_env}={os.environ.get(spec.device_env, '')}"
@@ -288,7 +347,7 @@ def _log_file(hydra_cfg: Optional[DictConfig]) -> Tuple[Optional[str], Optional[
 def _sendable_error(error: BaseException) -> BaseException:
     """``error`` if it survives pickling both ways, else a stand-in keeping its text."""
     try:
-        pickle.loads(_cloudpickle().dumps(error))
+        pickle.loads(dumps(error))
         return error
     except Exception:  # noqa: BLE001
         text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
@@ -299,7 +358,7 @@ def _pickle_return(ret: JobReturn, spec: JobSpec) -> Tuple[bytes, JobReturn]:
     if ret.status == JobStatus.FAILED:
         ret._return_value = _sendable_error(ret._return_value)
     try:
-        return _cloudpickle().dumps(ret), ret
+        return dumps(ret), ret
     except Exception as error:  # noqa: BLE001
         value = ret._return_value
         ret._return_value = ResultNotSendable(
@@ -308,7 +367,7 @@ def _pickle_return(ret: JobReturn, spec: JobSpec) -> Tuple[bytes, JobReturn]:
             "(numbers, strings, lists, dicts, arrays), or define its class at module level."
         )
         ret.status = JobStatus.FAILED
-        return _cloudpickle().dumps(ret), ret
+        return dumps(ret), ret
 
 
 def _describe(error: Any) -> Tuple[str, str]:
@@ -372,20 +431,26 @@ def failed_outcome(
     pid: Optional[int] = None,
     devices: Optional[Tuple[str, ...]] = None,
 ) -> JobOutcome:
-    """The outcome of a job that could not tell its own (its process died, or it never ran)."""
+    """The outcome of a job that could not tell its own (its process died, or it never ran).
+
+    What the job noted as its task started (process, start time, output dir,
+    log file) fills in what the caller does not know.
+    """
     ret = JobReturn(overrides=list(spec.overrides), status=JobStatus.FAILED)
     ret._return_value = error
     error_type, text = _describe(error)
+    noted = _read_started(spec)
     return JobOutcome(
         num=spec.num,
         completed=False,
         payload=pickle.dumps(ret),
-        started=started,
+        started=float(noted.get("started", started)),
         ended=time.time(),
-        host=socket.gethostname(),
-        pid=pid,
+        host=str(noted.get("host", socket.gethostname())),
+        pid=noted.get("pid", pid),
+        output_dir=noted.get("output_dir"),
+        log_file=noted.get("log_file"),
         error_type=error_type,
         error=text,
         devices=devices,
     )
-

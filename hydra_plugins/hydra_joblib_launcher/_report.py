@@ -72,6 +72,7 @@ class Reporter:
     sweep_dir: Path
     n_workers: int
     progress: str  # auto, bar, log or none
+    skipped: int = 0  # jobs a resumed sweep did not run again
     started: float = field(default_factory=time.time)
     ended: Dict[int, JobOutcome] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -187,9 +188,10 @@ class Reporter:
         """Counts by outcome, wall time, failed jobs and the slowest few."""
         self.close()
         c = self.counts()
+        skipped = f" ({self.skipped} more completed before)" if self.skipped else ""
         log.info(
             f"Batch done in {_clock(time.time() - self.started)}: {len(self.specs)} jobs, "
-            f"{c['completed']} completed, {c['failed']} failed"
+            f"{c['completed']} completed, {c['failed']} failed{skipped}"
         )
         failed = sorted((o for o in self.ended.values() if not o.completed), key=lambda o: o.num)
         rows: List[str] = [

@@ -18,7 +18,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from ._errors import LauncherError
+from ._errors import LauncherConfigError, LauncherError
 from ._options import LaunchOptions, validate
 
 log = logging.getLogger(__name__)
@@ -81,14 +81,28 @@ def _launch(
     assert launcher.task_function is not None
     config = launcher.config
     n_workers = options.workers(cpu_count())
+    where = ""
+    if options.distributed:
+        from ._distributed import connect
+
+        # Before any dir is made: a cluster that cannot be used is one clear error.
+        cluster = connect(options, n_workers=n_workers)
+        n_workers, where = cluster.n_workers, f" on {cluster.description}"
     sweep_dir = Path(str(config.hydra.sweep.dir))
     if options.distributed:
         # Workers on other machines write into the same tree (a shared filesystem).
         sweep_dir = sweep_dir.absolute()
 
+    env_set = config.hydra.job.get("env_set") or {}
+    if options.devices is not None and options.device_env in env_set:
+        raise LauncherConfigError(
+            f"hydra.job.env_set.{options.device_env}={env_set[options.device_env]!r} would "
+            f"replace the device ids hydra.launcher.devices hands each job, so two jobs could "
+            f"share a device; remove it, or remove hydra.launcher.devices"
+        )
     log.info(
         f"Joblib.Parallel({options.joblib_settings(n_workers)}) is launching "
-        f"{len(job_overrides)} jobs"
+        f"{len(job_overrides)} jobs{where}"
     )
     if options.devices is not None:
         log.info(
@@ -134,7 +148,13 @@ def _launch(
             log.info(f"Resuming: {len(done)} jobs completed before are skipped, {len(to_run)} run")
 
         pool, quarantine = open_pools(options, n_workers=n_workers, run_dir=run_dir)
-        reporter = Reporter(to_run, sweep_dir=sweep_dir, n_workers=n_workers, progress=options.progress)
+        reporter = Reporter(
+            to_run,
+            sweep_dir=sweep_dir,
+            n_workers=n_workers,
+            progress=options.progress,
+            skipped=len(done),
+        )
         outcomes = supervise(to_run, pool=pool, quarantine=quarantine, report=reporter) if to_run else {}
         reporter.summary()
         returns = {**done, **{num: outcome.job_return() for num, outcome in outcomes.items()}}
