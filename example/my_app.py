@@ -12,8 +12,11 @@ from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 
+# Hydra 1.4 deprecates version_base (it warns when given); Hydra 1.3 warns when it is missing.
+VERSION_BASE = {"version_base": None} if hydra.__version__.startswith("1.3") else {}
 
-@hydra.main(version_base=None, config_path=".", config_name="config")
+
+@hydra.main(**VERSION_BASE, config_path=".", config_name="config")
 def my_app(cfg: DictConfig) -> int:
     log.info(f"Process ID {os.getpid()} executing task {cfg.task} ...")
     time.sleep(1)

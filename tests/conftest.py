@@ -34,7 +34,10 @@ def run_app(
     timeout: float = 180,
     env: Optional[Dict[str, str]] = None,
 ) -> Run:
-    """``python -Werror APP OVERRIDES...`` in ``cwd``, as Hydra's own test helpers run apps."""
+    """``python -Werror APP OVERRIDES...`` in ``cwd``, as Hydra's own test helpers run apps.
+
+    tests/apps is on PYTHONPATH, so apps written by a test can import ``hydra_compat``.
+    """
     started = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-Werror", str(app), *overrides],
@@ -42,9 +45,14 @@ def run_app(
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, **(env or {})},
+        env=app_env(env),
     )
     return Run(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)
+
+
+def app_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    paths = [str(APPS), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), **(extra or {})}
 
 
 @pytest.fixture

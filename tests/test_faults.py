@@ -15,7 +15,7 @@ from typing import List
 
 import pytest
 
-from conftest import APPS, Run, run_app
+from conftest import APPS, Run, app_env, run_app
 
 BACKENDS = ["loky", "multiprocessing"]
 NAMES = "abcdef"
@@ -109,7 +109,8 @@ def test_a_task_that_cannot_be_pickled_fails_before_any_job_starts(tmp_path: Pat
         "import threading\n"
         "import hydra\n"
         "LOCK = threading.Lock()\n"
-        "@hydra.main(version_base=None, config_path=None, config_name=None)\n"
+        "from hydra_compat import MAIN_KWARGS\n"
+        "@hydra.main(**MAIN_KWARGS, config_path=None, config_name=None)\n"
         "def main(cfg):\n"
         "    return LOCK\n"
         "if __name__ == '__main__':\n"
@@ -237,7 +238,8 @@ def test_optuna_sees_every_healthy_trial_when_jobs_crash(tmp_path: Path) -> None
     app.write_text(
         "import os\n"
         "import hydra\n"
-        "@hydra.main(version_base=None, config_path=None, config_name=None)\n"
+        "from hydra_compat import MAIN_KWARGS\n"
+        "@hydra.main(**MAIN_KWARGS, config_path=None, config_name=None)\n"
         "def main(cfg):\n"
         "    if cfg.x == 3:\n"
         "        os._exit(3)\n"
@@ -270,6 +272,7 @@ def test_optuna_sees_every_healthy_trial_when_jobs_crash(tmp_path: Path) -> None
         capture_output=True,
         text=True,
         timeout=300,
+        env=app_env(),
     )
     assert proc.returncode == 0, proc.stderr
     with sqlite3.connect(db) as connection:

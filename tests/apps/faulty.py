@@ -15,11 +15,12 @@ import time
 from pathlib import Path
 
 import hydra
+from hydra_compat import MAIN_KWARGS
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 
-@hydra.main(version_base=None, config_path=None, config_name=None)
+@hydra.main(**MAIN_KWARGS, config_path=None, config_name=None)
 def main(cfg: DictConfig) -> object:
     name = str(cfg.get("name", "job"))
     mode = (cfg.get("modes") or {}).get(name, "ok")

@@ -12,12 +12,13 @@ import time
 from pathlib import Path
 
 import hydra
+from hydra_compat import MAIN_KWARGS
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_original_cwd, to_absolute_path
 from omegaconf import DictConfig
 
 
-@hydra.main(version_base=None, config_path=None, config_name=None)
+@hydra.main(**MAIN_KWARGS, config_path=None, config_name=None)
 def main(cfg: DictConfig) -> int:
     started = time.time()
     time.sleep(float(cfg.get("work", 0)))

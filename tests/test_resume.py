@@ -1,0 +1,202 @@
+"""Resume: after Ctrl-C, the same command with ``hydra.launcher.resume=true`` runs what is missing.
+
+The sweep is tests/apps/paced.py, six jobs on two workers: a and b end at once,
+c to f wait for a gate file the test removes only after the interrupt. Each
+job counts its runs in a folder outside the sweep dir. The sweeper is Hydra's
+basic one, recording what the launcher hands back to it
+(tests/apps/sweeper_plugin), as Optuna or any other sweeper would receive it.
+"""
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List
+
+import pytest
+from hydra.core.utils import JobReturn, JobStatus
+
+from conftest import APPS, Run, run_app
+
+BACKENDS = ["loky", "multiprocessing"]
+NAMES = "abcdef"
+PLUGIN_PATH = str(APPS / "sweeper_plugin")
+
+
+def command(backend: str, sweep_dir: Path, count_dir: Path, gate: Path) -> List[str]:
+    return [
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra/sweeper=recording",
+        f"hydra.launcher.backend={backend}",
+        "hydra.launcher.n_jobs=2",
+        "hydra.launcher.progress=none",
+        f"hydra.sweep.dir={sweep_dir}",
+        f"+name={','.join(NAMES)}",
+        f"+count_dir={count_dir}",
+        f"+gate={gate}",
+        "+gated=[c,d,e,f]",
+    ]
+
+
+def run_counts(count_dir: Path) -> Dict[str, int]:
+    counts = {}
+    for name in NAMES:
+        path = count_dir / f"{name}.runs"
+        counts[name] = len(path.read_text().splitlines()) if path.exists() else 0
+    return counts
+
+
+def manifest(sweep_dir: Path) -> List[Dict[str, Any]]:
+    return [json.loads(line) for line in (sweep_dir / "jobs.jsonl").read_text().splitlines()]
+
+
+def completed_in_manifest(sweep_dir: Path) -> int:
+    path = sweep_dir / "jobs.jsonl"
+    if not path.exists():
+        return 0
+    return sum(1 for record in manifest(sweep_dir) if record["status"] == "COMPLETED")
+
+
+def expected_value(name: str) -> Dict[str, str]:
+    return {"name": name, "value": f"value of {name}"}
+
+
+@dataclass
+class Resumed:
+    sweep_dir: Path
+    interrupted_output: str
+    interrupted_returncode: int
+    counts_after_interrupt: Dict[str, int]
+    resumed: Run
+    counts_after_resume: Dict[str, int]
+    returns_after_resume: List[Dict[str, Any]]
+    again: Run  # resume=true on the complete sweep
+    counts_after_again: Dict[str, int]
+    returns_after_again: List[Dict[str, Any]]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def resumed(request: Any, tmp_path_factory: pytest.TempPathFactory) -> Resumed:
+    backend = request.param
+    root = tmp_path_factory.mktemp(f"resume-{backend}")
+    sweep_dir, count_dir, gate = root / "sweep", root / "counts", root / "gate"
+    count_dir.mkdir()
+    gate.write_text("c to f wait while this file exists")
+    args = command(backend, sweep_dir, count_dir, gate)
+    env = {**os.environ, "PYTHONPATH": PLUGIN_PATH}
+
+    # 1. the sweep, interrupted by Ctrl-C once a and b completed and c, d are running
+    proc = subprocess.Popen(
+        [sys.executable, "-Werror", str(APPS / "paced.py"), *args],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and proc.poll() is None:
+            counts = run_counts(count_dir)
+            if completed_in_manifest(sweep_dir) == 2 and counts["c"] and counts["d"]:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.communicate()[0]
+        assert completed_in_manifest(sweep_dir) == 2, "the sweep did not get going"
+        time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground group
+        interrupted_output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    counts_after_interrupt = run_counts(count_dir)
+
+    # 2. the same command, resumed
+    gate.unlink()
+    resume = [*args, "hydra.launcher.resume=true"]
+    resumed_run = run_app(APPS / "paced.py", resume, cwd=root, env={"PYTHONPATH": PLUGIN_PATH})
+    counts_after_resume = run_counts(count_dir)
+    returns_after_resume = json.loads((sweep_dir / "returns.json").read_text())
+
+    # 3. and again, on the now complete sweep
+    (sweep_dir / "returns.json").unlink()
+    again = run_app(APPS / "paced.py", resume, cwd=root, env={"PYTHONPATH": PLUGIN_PATH})
+    returns_file = sweep_dir / "returns.json"
+    return Resumed(
+        sweep_dir=sweep_dir,
+        interrupted_output=interrupted_output,
+        interrupted_returncode=proc.returncode,
+        counts_after_interrupt=counts_after_interrupt,
+        resumed=resumed_run,
+        counts_after_resume=counts_after_resume,
+        returns_after_resume=returns_after_resume,
+        again=again,
+        counts_after_again=run_counts(count_dir),
+        returns_after_again=json.loads(returns_file.read_text()) if returns_file.exists() else [],
+    )
+
+
+def test_the_interrupt_leaves_two_jobs_completed(resumed: Resumed) -> None:
+    assert resumed.interrupted_returncode != 0
+    assert "Interrupted: 2 jobs completed, 0 failed, 4 stopped or never ran" in (
+        resumed.interrupted_output
+    )
+    # a and b ran, c and d started and were stopped, e and f never started
+    assert resumed.counts_after_interrupt == {"a": 1, "b": 1, "c": 1, "d": 1, "e": 0, "f": 0}
+
+
+def test_resume_runs_only_the_jobs_that_did_not_complete(resumed: Resumed) -> None:
+    run = resumed.resumed
+    assert run.returncode == 0, run.output
+    assert "Resuming: 2 jobs completed before are skipped, 4 run" in run.stdout
+    ran_now = {
+        name: resumed.counts_after_resume[name] - resumed.counts_after_interrupt[name]
+        for name in NAMES
+    }
+    # every job that had not completed ran exactly once more; a and b did not run again
+    assert ran_now == {"a": 0, "b": 0, "c": 1, "d": 1, "e": 1, "f": 1}
+    assert "Batch done" in run.stdout and "4 jobs, 4 completed, 0 failed" in run.stdout
+    assert sorted(p.read_text() for p in resumed.sweep_dir.glob("*/done.marker")) == list(NAMES)
+
+
+def test_the_sweeper_receives_every_return_value_after_resume(resumed: Resumed) -> None:
+    returns = resumed.returns_after_resume
+    assert [r["status"] for r in returns] == ["COMPLETED"] * 6
+    assert [r["return_value"] for r in returns] == [expected_value(n) for n in NAMES]
+    assert [r["overrides"][0] for r in returns] == [f"+name={n}" for n in NAMES]
+
+
+def test_every_job_is_completed_on_disk_with_its_return_value(resumed: Resumed) -> None:
+    last: Dict[int, Dict[str, Any]] = {}
+    for record in manifest(resumed.sweep_dir):
+        last[record["num"]] = record
+    assert sorted(last) == list(range(6))
+    for num, record in last.items():
+        assert record["status"] == "COMPLETED", record
+        path = resumed.sweep_dir / str(num) / ".hydra" / "job_return.pkl"
+        assert record["return_file"] == str(path)
+        with open(path, "rb") as f:
+            ret = pickle.load(f)
+        assert isinstance(ret, JobReturn)
+        assert ret.status == JobStatus.COMPLETED
+        assert ret.return_value == expected_value(NAMES[num])
+
+
+def test_resume_of_a_complete_sweep_runs_nothing(resumed: Resumed) -> None:
+    run = resumed.again
+    assert run.returncode == 0, run.output
+    assert "Resuming: 6 jobs completed before are skipped, 0 run" in run.stdout
+    assert resumed.counts_after_again == resumed.counts_after_resume  # no job ran
+    assert run.seconds < 20
+    # and the sweeper still receives every job's return value
+    assert [r["return_value"] for r in resumed.returns_after_again] == [
+        expected_value(n) for n in NAMES
+    ]
