@@ -1,0 +1,1 @@
+The drop-in joblib launcher: `hydra/launcher=joblib` runs a sweep's jobs in parallel on the `loky` (reused workers) or `multiprocessing` (a fresh process per job) backend, with the released plugin's config keys and log lines; a bad setting is one error naming the key, the value and what is allowed, before any job starts. Works on Hydra 1.3.2 to 1.4 and Python 3.10 to 3.13.

@@ -1,0 +1,1 @@
+Nothing lost: a job that raises, kills its worker, runs past `timeout` or returns something unpicklable fails alone, reported the moment it happens, and every other job's result reaches the sweeper; Ctrl-C and SIGTERM stop every worker and say what completed; no worker outlives the command.

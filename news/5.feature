@@ -1,0 +1,1 @@
+Live progress (a bar on a terminal, calm log lines elsewhere), a summary per batch, a `jobs.jsonl` manifest in the sweep dir, and `hydra.launcher.resume=true` to run only the jobs an interrupted sweep did not complete.
