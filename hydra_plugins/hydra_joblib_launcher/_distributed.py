@@ -447,6 +447,28 @@ def _watch_workers(client: Any, backend: Any, address: str, limit: float, stop: 
             return
 
 
+def _release_delivered(client: Any, delivered: Set[int]) -> None:
+    """Let the cluster forget the results of jobs whose outcome the launcher has.
+
+    joblib keeps the future of the last finished task while it waits for the
+    next one, and Dask computes a result it still holds for a client again when
+    the worker keeping it dies: a job that completed would run a second time.
+    """
+    from distributed import Future
+
+    for _ in range(3):
+        try:
+            keys = [key for key, state in list(client.futures.items())
+                    if state.status == "finished" and _job_of_task(key) in delivered]
+            break
+        except RuntimeError:  # changed size while the client's thread updated it: look again
+            continue
+    else:
+        return
+    if keys:
+        client.cancel([Future(key, client, inform=False) for key in keys])
+
+
 def _job_of_task(key: Any) -> Optional[int]:
     match = _TASK_NAME.search(str(key))
     return int(match.group(1)) if match else None
@@ -502,6 +524,7 @@ class DaskPool:
             try:
                 for outcome in self._generator:
                     ended.add(outcome.num)
+                    _release_delivered(client, ended)
                     yield outcome
             except _NoWorkers as error:
                 raise LauncherError(str(error)) from None

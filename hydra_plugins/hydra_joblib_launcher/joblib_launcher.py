@@ -10,7 +10,7 @@ import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, setup_globals
@@ -19,7 +19,9 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from ._errors import LauncherConfigError, LauncherError
-from ._options import LaunchOptions, validate
+
+if TYPE_CHECKING:
+    from ._options import LaunchOptions
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,8 @@ class JoblibLauncher(Launcher):
     ) -> Sequence[JobReturn]:
         if self.config is None or self.hydra_context is None or self.task_function is None:
             raise LauncherError("JoblibLauncher.launch() was called before setup()")
+        from ._options import validate  # here, not at import: Hydra imports plugins at every start
+
         options = validate(_plain(self.params))
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
@@ -65,7 +69,7 @@ def _plain(params: Dict[str, Any]) -> Dict[str, Any]:
 
 def _launch(
     launcher: JoblibLauncher,
-    options: LaunchOptions,
+    options: "LaunchOptions",
     job_overrides: Sequence[Sequence[str]],
     initial_job_idx: int,
 ) -> List[JobReturn]:
