@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List
+from typing import Any, List
 
 import pytest
 
@@ -21,22 +21,34 @@ BACKENDS = ["loky", "multiprocessing"]
 NAMES = "abcdef"
 
 
+def launcher_args(backend: str, sweep_dir: Path) -> List[str]:
+    return [
+        "-m",
+        "hydra/launcher=joblib",
+        f"hydra.launcher.backend={backend}",
+        "hydra.launcher.n_jobs=2",
+        "hydra.launcher.progress=none",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+
+
 def sweep(backend: str, sweep_dir: Path, *extra: str, timeout: float = 180) -> Run:
     return run_app(
         APPS / "faulty.py",
-        [
-            "-m",
-            "hydra/launcher=joblib",
-            f"hydra.launcher.backend={backend}",
-            "hydra.launcher.n_jobs=2",
-            "hydra.launcher.progress=none",
-            f"hydra.sweep.dir={sweep_dir}",
-            f"+name={','.join(NAMES)}",
-            "+work=0.3",
-            *extra,
-        ],
+        [*launcher_args(backend, sweep_dir), f"+name={','.join(NAMES)}", "+work=0.3", *extra],
         cwd=sweep_dir.parent,
         timeout=timeout,
+    )
+
+
+def start_in_own_session(args: List[str], cwd: Path, **kwargs: Any) -> "subprocess.Popen[str]":
+    """The faulty app, as the leader of a new session: its whole tree can be found later."""
+    return subprocess.Popen(
+        [sys.executable, "-Werror", str(APPS / "faulty.py"), *args],
+        cwd=cwd,
+        start_new_session=True,
+        text=True,
+        **kwargs,
     )
 
 
@@ -154,30 +166,19 @@ def test_an_interrupt_stops_every_process_and_reports_the_counts(
     sweep_dir = tmp_path / "sweep"
     count_dir = tmp_path / "counts"
     count_dir.mkdir()
-    proc = subprocess.Popen(
+    proc = start_in_own_session(
         [
-            sys.executable,
-            "-Werror",
-            str(APPS / "faulty.py"),
-            "-m",
-            "hydra/launcher=joblib",
-            f"hydra.launcher.backend={backend}",
-            "hydra.launcher.n_jobs=2",
-            "hydra.launcher.progress=none",
-            f"hydra.sweep.dir={sweep_dir}",
+            *launcher_args(backend, sweep_dir),
             f"+count_dir={count_dir}",
             "+name=a,b,c,d,e,f",
-            "+modes.c=ok",
             "+work=1",
             "+modes.d=sleep",
             "+modes.e=sleep",
             "+modes.f=sleep",
         ],
-        cwd=tmp_path,
+        tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 60
@@ -209,22 +210,11 @@ def test_an_interrupt_stops_every_process_and_reports_the_counts(
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_no_process_outlives_a_normal_multirun(backend: str, tmp_path: Path) -> None:
     sweep_dir = tmp_path / "sweep"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-Werror",
-            str(APPS / "faulty.py"),
-            "-m",
-            "hydra/launcher=joblib",
-            f"hydra.launcher.backend={backend}",
-            "hydra.launcher.n_jobs=2",
-            f"hydra.sweep.dir={sweep_dir}",
-            "+name=a,b,c",
-        ],
-        cwd=tmp_path,
+    proc = start_in_own_session(
+        [*launcher_args(backend, sweep_dir), "+name=a,b,c"],
+        tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        start_new_session=True,
     )
     assert proc.wait(timeout=120) == 0
     time.sleep(2)
