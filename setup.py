@@ -31,6 +31,10 @@ setup(
             "sqlalchemy<2",
             "alembic<1.10",
         ],
+        # backend=dask: joblib's dask backend on a distributed.Client
+        "dask": ["dask[distributed]>=2023.1"],
+        # backend=ray: joblib's ray backend (ray.util.joblib)
+        "ray": ["ray>=2.9"],
     },
     classifiers=[
         "License :: OSI Approved :: MIT License",

@@ -1,13 +1,13 @@
 """Pools on a Dask or Ray cluster, driven by joblib's own backends.
 
-    launcher process                                       cluster worker process (one job at a time)
-    ────────────────                                       ──────────────────────
+    launcher process                                   cluster worker process (one job at a time)
+    ────────────────                                   ──────────────────────
     connect(options) ─ once per process, cached ─▶ Dask scheduler / Ray cluster
-      embedded LocalCluster or local Ray if no address      (started here, closed at exit)
+      embedded LocalCluster or local Ray if no address  (started here, closed at exit)
     DaskPool / RayPool.run(specs)
-      joblib.Parallel(backend=dask | ray,                  _JobTask(spec) ─▶ run_job_spec(spec)
-                      return_as="generator_unordered") ──▶     reads the context file from the shared
-      ◀── JobOutcome, as each job ends ─────────────────────  sweep dir, writes outputs there
+      joblib.Parallel(backend=dask | ray,              _JobTask(spec) ─▶ run_job_spec(spec)
+                      return_as="generator_unordered") ──▶ reads the context file from the
+      ◀── JobOutcome, as each job ends ─────────────────  shared sweep dir, writes outputs there
 
 The cluster does the scheduling: there is no queue or RPC of ours. What the
 launcher adds is what Hydra jobs need:
@@ -23,7 +23,11 @@ launcher adds is what Hydra jobs need:
 * joblib aborts a whole call on the first exception, so nothing a job does
   raises: ``run_job_spec`` returns FAILED outcomes. What does raise is about the
   cluster (a worker that cannot import the app, cannot read the shared sweep dir,
-  Dask giving up on a task): one :class:`LauncherError` saying what to fix.
+  Dask giving up on a task): one :class:`LauncherError` saying what to fix;
+* nothing waits without end: an address nothing (or no Dask scheduler) answers
+  at, workers that could not even unpickle a task, a cluster left without
+  workers or without its scheduler all end in one error within
+  ``dask.connect_timeout`` seconds.
 
 dask, distributed and ray are imported inside functions only: Hydra imports the
 plugin at every app start.
@@ -79,19 +83,23 @@ class Cluster:
     def description(self) -> str:
         if self.backend == "dask":
             what = "embedded Dask LocalCluster" if self.started_here else "Dask scheduler"
-            unit = "worker process" if self.started_here else "worker"
+            unit = (
+                ("worker process", "worker processes")
+                if self.started_here
+                else ("worker", "workers")
+            )
         else:
             what = "local Ray" if self.started_here else "Ray cluster"
-            unit = "CPU"
+            unit = ("CPU", "CPUs")
         return (
-            f"{what} {self.address} ({_count(self.capacity, unit)}, "
-            f"{_count(self.n_workers, 'job')} at once)"
+            f"{what} {self.address} ({_count(self.capacity, *unit)}, "
+            f"{_count(self.n_workers, 'job', 'jobs')} at once)"
         )
 
 
-def _count(n: int, unit: str) -> str:
-    """'1 worker', '2 workers', '1 CPU'."""
-    return f"{n} {unit}" if n == 1 else f"{n} {unit}s"
+def _count(n: int, one: str, many: str) -> str:
+    """'1 worker', '2 workers'."""
+    return f"{n} {one if n == 1 else many}"
 
 
 def connect(options: LaunchOptions, *, n_workers: int) -> Cluster:
@@ -272,7 +280,13 @@ def _dask_connect(options: LaunchOptions, n_workers: int) -> _DaskConnection:
         logging.getLogger("distributed").setLevel(logging.WARNING)
         # Without a dashboard the scheduler still serves its health routes: on any free port.
         http = {} if dask.dashboard_address else {"dashboard_address": "127.0.0.1:0"}
-        with dask_module.config.set({"distributed.scheduler.allowed-failures": MAX_WORKER_DEATHS + 1}):
+        # Jobs may start processes of their own (data loaders, joblib, multiprocessing),
+        # which daemonic workers cannot. Nannies read this at every (re)start of a
+        # worker, so it is set for the process; the cluster is closed at exit.
+        dask_module.config.set({"distributed.worker.daemon": False})
+        with dask_module.config.set(
+            {"distributed.scheduler.allowed-failures": MAX_WORKER_DEATHS + 1}
+        ):
             local = distributed.LocalCluster(
                 n_workers=n_workers,
                 threads_per_worker=1,
@@ -285,7 +299,12 @@ def _dask_connect(options: LaunchOptions, n_workers: int) -> _DaskConnection:
         cluster = Cluster("dask", local.scheduler_address, n_workers, n_workers, True)
         return _DaskConnection(client, local, cluster)
     try:
-        client = distributed.Client(dask.address, timeout=dask.connect_timeout, set_as_default=False)
+        _probe_dask_scheduler(dask.address, dask.connect_timeout)
+        client = distributed.Client(
+            dask.address, timeout=dask.connect_timeout, set_as_default=False
+        )
+    except LauncherError:
+        raise
     except Exception as error:  # noqa: BLE001 - OSError, TimeoutError, ValueError (bad address)...
         raise LauncherError(
             f"Cannot reach the Dask scheduler at hydra.launcher.dask.address={dask.address} "
@@ -311,6 +330,44 @@ def _dask_connect(options: LaunchOptions, n_workers: int) -> _DaskConnection:
     capacity = _dask_capacity(client)
     cluster = Cluster("dask", dask.address, capacity, capacity, False)
     return _DaskConnection(client, None, cluster)
+
+
+def _probe_dask_scheduler(address: str, timeout: float) -> None:
+    """Fail within ``timeout`` unless a Dask scheduler answers at ``address``.
+
+    distributed.Client waits without end on a server that accepts the connection
+    but does not speak Dask's protocol (the dashboard's port 8787 given for the
+    scheduler's 8786, say); this exchange can be given up.
+    """
+    import asyncio
+
+    import distributed.comm
+    import distributed.security
+
+    # untyped: as Any, they leave mypy's strict mode to the code around them
+    comms: Any = distributed.comm
+    security_class: Any = distributed.security.Security
+    security = security_class()
+
+    async def identity() -> Any:
+        args = security.get_connection_args("client")
+        comm = await comms.connect(address, timeout=timeout, **args)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    try:  # connect() gives up on an unreachable address by itself (an OSError), a bit sooner
+        answer = asyncio.run(asyncio.wait_for(identity(), timeout + 1))
+    except asyncio.TimeoutError:
+        answer = None
+    if not isinstance(answer, dict) or answer.get("type") != "Scheduler":
+        raise LauncherError(
+            f"Something answers at hydra.launcher.dask.address={address}, but not as a Dask "
+            f"scheduler within hydra.launcher.dask.connect_timeout={timeout:g}s. Give the "
+            f"scheduler's address (port 8786 by default; 8787 is its dashboard)."
+        )
 
 
 def _check_dask_imports(client: Any, address: str) -> None:
@@ -363,7 +420,7 @@ class _TaskFailed:
 def _dask_backend_class() -> Any:
     from joblib._dask import DaskDistributedBackend
 
-    class OneJobPerTaskDaskBackend(DaskDistributedBackend):  # type: ignore[misc]
+    class OneJobPerTaskDaskBackend(DaskDistributedBackend):  # type: ignore[misc,unused-ignore]
         """joblib's dask backend, with two fixes a launcher needs."""
 
         def __init__(self, **kwargs: Any) -> None:
@@ -418,7 +475,9 @@ class _NoWorkers(LauncherError):
     """The Dask cluster has had no worker for too long: nothing can run the jobs."""
 
 
-def _watch_workers(client: Any, backend: Any, address: str, limit: float, stop: threading.Event) -> None:
+def _watch_workers(
+    client: Any, backend: Any, address: str, limit: float, stop: threading.Event
+) -> None:
     """Fail the waiting tasks if the cluster keeps no worker for ``limit`` seconds.
 
     Workers that cannot unpickle a task (the launcher is not installed there)
@@ -458,15 +517,18 @@ def _release_delivered(client: Any, delivered: Set[int]) -> None:
 
     for _ in range(3):
         try:
-            keys = [key for key, state in list(client.futures.items())
-                    if state.status == "finished" and _job_of_task(key) in delivered]
+            keys = [
+                key
+                for key, state in list(client.futures.items())
+                if state.status == "finished" and _job_of_task(key) in delivered
+            ]
             break
         except RuntimeError:  # changed size while the client's thread updated it: look again
             continue
     else:
         return
     if keys:
-        client.cancel([Future(key, client, inform=False) for key in keys])
+        client.cancel([Future(key, client) for key in keys])
 
 
 def _job_of_task(key: Any) -> Optional[int]:
@@ -485,6 +547,8 @@ class DaskPool:
         self._marker_dirs: Set[str] = set()
 
     def run(self, specs: Sequence[JobSpec]) -> Iterator[JobOutcome]:
+        from concurrent.futures import CancelledError
+
         from distributed import KilledWorker
         from joblib import Parallel, delayed, parallel_config
 
@@ -506,7 +570,13 @@ class DaskPool:
         stop_watch = threading.Event()
         watch = threading.Thread(
             target=_watch_workers,
-            args=(client, backend, self._connection.cluster.address, self._options.dask.connect_timeout, stop_watch),
+            args=(
+                client,
+                backend,
+                self._connection.cluster.address,
+                self._options.dask.connect_timeout,
+                stop_watch,
+            ),
             name="dask-worker-watch",
             daemon=True,
         )
@@ -534,6 +604,14 @@ class DaskPool:
             except ImportError as error:  # the task itself could not be unpickled there
                 self._stop_running()
                 raise LauncherError(_cannot_unpickle(error)) from None
+            except CancelledError as error:  # Dask cancelled the tasks: the scheduler is gone
+                reason = str(error).splitlines()[0]
+                raise LauncherError(
+                    f"The Dask cluster at {self._connection.cluster.address} cancelled the jobs' "
+                    f"tasks ({reason}). The scheduler stopped, or this host lost its connection "
+                    f"to it; jobs that completed are kept, hydra.launcher.resume=true runs the "
+                    f"others once the cluster is back."
+                ) from None
             except KilledWorker as error:
                 # Only if the scheduler allows fewer deaths than MAX_WORKER_DEATHS:
                 # the job it names fails; the others, stopped, run again.
@@ -542,14 +620,14 @@ class DaskPool:
                 for spec in specs:
                     if spec.num in stopped:
                         attempts_path(spec.marker_dir, spec.num).unlink(missing_ok=True)
-                in_flight: FrozenSet[int] = frozenset({num}) if num is not None else frozenset(
-                    dispatched - ended
+                in_flight: FrozenSet[int] = (
+                    frozenset({num}) if num is not None else frozenset(dispatched - ended)
                 )
                 raise PoolBroken(
                     str(error),
                     in_flight=in_flight,
-                    exit_codes="more times than the Dask scheduler allows "
-                    f"(KilledWorker, distributed.scheduler.allowed-failures={error.allowed_failures})",
+                    exit_codes="more times than the Dask scheduler allows (KilledWorker, "
+                    f"distributed.scheduler.allowed-failures={error.allowed_failures})",
                 ) from None
             finally:
                 stop_watch.set()
@@ -592,13 +670,10 @@ class DaskPool:
         A cluster started here is closed; an external one keeps running, less the
         worker processes that were running this launch's jobs (their nannies restart them).
         """
-        if self._connection.local_cluster is not None:
-            generator, self._generator = self._generator, None
-            if generator is not None:
-                generator.close()
-            _close_dask(self._connection)
-            return
         stopped = self._stop_running()
+        if self._connection.local_cluster is not None:
+            _close_dask(self._connection)  # and the workers it started with it
+            return
         if stopped:
             log.warning(
                 "Stopped jobs %s on the Dask cluster (their worker processes were killed)",
@@ -731,7 +806,7 @@ def _ray_backend_class() -> Any:
 
     logging.getLogger("ray.util.multiprocessing.pool").addFilter(_not_about_context)
 
-    class StreamingRayBackend(RayBackend):  # type: ignore[misc]
+    class StreamingRayBackend(RayBackend):  # type: ignore[misc,unused-ignore]
         # joblib turns generators off for multiprocessing pools (terminating one
         # from its own result-handler thread can deadlock); Ray's pool collects
         # results in threads of its own, so outcomes can stream as jobs end.
@@ -741,7 +816,8 @@ def _ray_backend_class() -> Any:
         # reports as failed) on actors that may restart: kill them, as
         # Pool.terminate() does after that call anyway.
         def terminate(self) -> None:
-            pool, self._pool = self._pool, None
+            pool: Any = getattr(self, "_pool", None)
+            self._pool = None
             if pool is not None:
                 import ray
 
@@ -791,7 +867,9 @@ class RayPool:
                 pre_dispatch=self.n_workers,
                 batch_size=1,
             )
-            self._generator = parallel(delayed(_JobTask(spec.num, dask=False))(spec) for spec in specs)
+            self._generator = parallel(
+                delayed(_JobTask(spec.num, dask=False))(spec) for spec in specs
+            )
             try:
                 yield from self._generator
             except WorkerCannotRun as error:

@@ -34,6 +34,8 @@ class Report(Protocol):
 
     def interrupted(self) -> None: ...
 
+    def close(self) -> None: ...
+
 
 def supervise(
     specs: Sequence[JobSpec],
@@ -59,10 +61,13 @@ def supervise(
                 queue = []
             except PoolBroken as broken:
                 queue = _after_break(queue, broken, outcomes, record, quarantine, pools)
-    except BaseException:  # an interrupt: nothing more starts, nothing is left running
+    except BaseException as error:  # nothing more starts, nothing is left running
         for running in reversed(pools):
             running.stop()
-        report.interrupted()
+        if isinstance(error, (KeyboardInterrupt, SystemExit)):
+            report.interrupted()
+        else:
+            report.close()
         raise
     return outcomes
 

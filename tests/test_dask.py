@@ -1,0 +1,552 @@
+"""backend=dask: sweeps on a Dask scheduler and workers started here on loopback, or on an
+embedded LocalCluster. Real processes, no mocks; skipped without the [dask] extra."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+import pytest
+from conftest import APPS, REPO, Run, run_app
+
+pytestmark = [pytest.mark.dask, pytest.mark.slow]
+
+EXAMPLE = REPO / "example" / "my_app.py"
+FAULTY = APPS / "faulty.py"
+DASK = ["hydra/launcher=joblib", "hydra.launcher.backend=dask"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Processes:
+    """Processes a test starts, each in a session of its own, stopped by id at teardown."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.procs: List["subprocess.Popen[bytes]"] = []
+
+    def start(
+        self,
+        args: Sequence[str],
+        *,
+        name: str,
+        ready: str,
+        env: Optional[Dict[str, str]] = None,
+        timeout: float = 60,
+    ) -> "subprocess.Popen[bytes]":
+        log = self.log_dir / f"{name}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                list(args),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                # Dask's scratch space (locks, spilled data) in the test's dir, not /tmp
+                env={**os.environ, "DASK_TEMPORARY_DIRECTORY": str(self.log_dir), **(env or {})},
+                cwd="/",
+                start_new_session=True,
+            )
+        self.procs.append(proc)
+        deadline = time.monotonic() + timeout
+        while ready not in log.read_text(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"{name} did not start:\n{log.read_text(errors='replace')}")
+            time.sleep(0.1)
+        return proc
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)  # the session this test started
+                proc.wait()
+
+
+class DaskCluster:
+    """A ``dask scheduler`` and its ``dask worker`` processes on loopback."""
+
+    def __init__(self, procs: Processes, *, scheduler_env: Optional[Dict[str, str]] = None) -> None:
+        pytest.importorskip("distributed")
+        self.procs = procs
+        port = free_port()
+        self.address = f"tcp://127.0.0.1:{port}"
+        procs.start(
+            [
+                sys.executable,
+                "-m",
+                "dask",
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--no-dashboard",
+            ],
+            name=f"scheduler-{port}",
+            ready="Scheduler at:",
+            env=scheduler_env,
+        )
+        self.n_workers = 0
+
+    def add_worker(self, *options: str, prefix: Sequence[str] = ()) -> "subprocess.Popen[bytes]":
+        self.n_workers += 1
+        if "--nthreads" not in options:
+            options = ("--nthreads", "1", *options)
+        return self.procs.start(
+            [
+                *prefix,
+                sys.executable,
+                "-m",
+                "dask",
+                "worker",
+                self.address,
+                "--host",
+                "127.0.0.1",
+                "--no-dashboard",
+                *options,
+            ],
+            name=f"worker-{self.address.rsplit(':', 1)[1]}-{self.n_workers}",
+            ready="Registered to:",
+        )
+
+    def worker_pids(self, n_workers: Optional[int] = None) -> Dict[str, int]:
+        """Worker address -> pid of the process that runs the tasks (the nanny's child)."""
+        from distributed import Client
+
+        with Client(self.address, timeout=30) as client:  # type: ignore[no-untyped-call]
+            client.wait_for_workers(n_workers or self.n_workers, timeout=60)
+            return dict(client.run(os.getpid))
+
+
+@pytest.fixture(scope="module")
+def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskCluster]:
+    """A scheduler and two single-threaded workers (with nannies), shared by this module."""
+    procs = Processes(tmp_path_factory.mktemp("dask-logs"))
+    try:
+        cluster = DaskCluster(procs)
+        cluster.add_worker()
+        cluster.add_worker()
+        yield cluster
+    finally:
+        procs.stop()
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Processes]:
+    started = Processes(tmp_path)
+    yield started
+    started.stop()
+
+
+def jobs(sweep: Path) -> List[Dict[str, Any]]:
+    lines = (sweep / "jobs.jsonl").read_text().splitlines()
+    return sorted((json.loads(line) for line in lines), key=lambda job: job["num"])
+
+
+def runs(count_dir: Path, name: str) -> List[int]:
+    path = count_dir / f"{name}.runs"
+    return [int(pid) for pid in path.read_text().split()] if path.exists() else []
+
+
+def assert_clear_error(run: Run, *texts: str) -> None:
+    assert run.returncode == 1, run.output
+    for text in texts:
+        assert text in run.stderr, run.output
+    assert "Traceback" not in run.output, run.output
+
+
+# -- an external scheduler ------------------------------------------------------------
+
+
+def test_sweep_runs_in_the_workers_and_writes_into_the_sweep_dir(
+    dask_cluster: DaskCluster, tmp_path: Path
+) -> None:
+    workers = dask_cluster.worker_pids()
+    run = run_app(
+        EXAMPLE,
+        [
+            "-m",
+            "task=1,2,3,4",
+            *DASK,
+            f"hydra.launcher.dask.address={dask_cluster.address}",
+            "hydra.sweep.dir=sweep",
+        ],
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.output
+    sweep = tmp_path / "sweep"  # given relative: made absolute for the workers
+    assert f"on Dask scheduler {dask_cluster.address} (2 workers, 2 jobs at once)" in run.output
+    assert f"sweep output dir : {sweep}" in run.output
+    records = jobs(sweep)
+    assert [job["status"] for job in records] == ["COMPLETED"] * 4
+    assert {job["pid"] for job in records} <= set(workers.values())
+    for job in records:
+        assert job["output_dir"] == str(sweep / str(job["num"]))
+        log = (sweep / str(job["num"]) / "my_app.log").read_text()
+        assert f"Process ID {job['pid']} executing task {job['num'] + 1}" in log
+        assert (
+            f"Job #{job['num']} running on host {socket.gethostname()}, process {job['pid']}" in log
+        )
+    assert not list(sweep.glob(".hydra-joblib-*")), "the run dir is removed at the end"
+
+
+def test_a_worker_killed_mid_job_costs_nothing(dask_cluster: DaskCluster, tmp_path: Path) -> None:
+    """SIGKILL a worker while it runs a job: Dask runs the job again, all results come back."""
+    dask_cluster.worker_pids()  # both workers up
+    count_dir = tmp_path / "count"
+    count_dir.mkdir()
+    names = ["a", "b", "c", "d"]
+    result: List[Run] = []
+    launcher = threading.Thread(
+        target=lambda: result.append(
+            run_app(
+                FAULTY,
+                [
+                    "-m",
+                    f"+name={','.join(names)}",
+                    "+work=4",
+                    f"+count_dir={count_dir}",
+                    *DASK,
+                    f"hydra.launcher.dask.address={dask_cluster.address}",
+                    "hydra.sweep.dir=sweep",
+                ],
+                cwd=tmp_path,
+            )
+        )
+    )
+    launcher.start()
+    deadline = time.monotonic() + 60
+    while not runs(count_dir, "a") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    killed = runs(count_dir, "a")[0]
+    os.kill(killed, signal.SIGKILL)
+    launcher.join(timeout=180)
+    run = result[0]
+    assert run.returncode == 0, run.output
+    assert [job["status"] for job in jobs(tmp_path / "sweep")] == ["COMPLETED"] * 4
+    assert runs(count_dir, "a")[0] == killed and len(runs(count_dir, "a")) == 2
+    for name in names[1:]:
+        assert len(runs(count_dir, name)) == 1, name
+
+
+def test_a_job_that_keeps_killing_its_worker_fails_alone(
+    dask_cluster: DaskCluster, tmp_path: Path
+) -> None:
+    dask_cluster.worker_pids()
+    count_dir = tmp_path / "count"
+    count_dir.mkdir()
+    run = run_app(
+        FAULTY,
+        [
+            "-m",
+            "+name=a,b,c,d,e,f",
+            "+work=1",
+            "+modes.c=sigkill",
+            f"+count_dir={count_dir}",
+            *DASK,
+            f"hydra.launcher.dask.address={dask_cluster.address}",
+            "hydra.sweep.dir=sweep",
+        ],
+        cwd=tmp_path,
+    )
+    status = {job["num"]: job["status"] for job in jobs(tmp_path / "sweep")}
+    assert status == {
+        0: "COMPLETED",
+        1: "COMPLETED",
+        2: "FAILED",
+        3: "COMPLETED",
+        4: "COMPLETED",
+        5: "COMPLETED",
+    }, run.output
+    assert "did not finish: the worker process running it died 2 times" in run.output
+    assert len(runs(count_dir, "c")) == 2  # the third start gave up before running the task
+    for name in "abdef":
+        assert len(runs(count_dir, name)) == 1, name
+
+
+def test_a_job_past_its_timeout_fails_and_the_others_complete(
+    dask_cluster: DaskCluster, tmp_path: Path
+) -> None:
+    dask_cluster.worker_pids()
+    run = run_app(
+        FAULTY,
+        [
+            "-m",
+            "+name=a,b,c",
+            "+work=0.5",
+            "+modes.b=sleep",
+            *DASK,
+            "hydra.launcher.timeout=3",
+            f"hydra.launcher.dask.address={dask_cluster.address}",
+            "hydra.sweep.dir=sweep",
+        ],
+        cwd=tmp_path,
+    )
+    assert run.seconds < 60, run.output
+    status = {job["num"]: job["status"] for job in jobs(tmp_path / "sweep")}
+    assert status == {0: "COMPLETED", 1: "FAILED", 2: "COMPLETED"}, run.output
+    assert "JobTimeout: job #1 ran longer than hydra.launcher.timeout=3s" in run.output
+
+
+def test_a_scheduler_that_gives_up_on_a_task_fails_that_job_only(
+    procs: Processes, tmp_path: Path
+) -> None:
+    """With allowed-failures=0 Dask fails the task itself (KilledWorker): no hang, one FAILED."""
+    cluster = DaskCluster(
+        procs, scheduler_env={"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}
+    )
+    cluster.add_worker()
+    cluster.add_worker()
+    run = run_app(
+        FAULTY,
+        [
+            "-m",
+            "+name=a,b,c,d",
+            "+work=1",
+            "+modes.b=sigkill",
+            *DASK,
+            f"hydra.launcher.dask.address={cluster.address}",
+            "hydra.sweep.dir=sweep",
+        ],
+        cwd=tmp_path,
+        timeout=120,
+    )
+    status = {job["num"]: job["status"] for job in jobs(tmp_path / "sweep")}
+    assert status == {0: "COMPLETED", 1: "FAILED", 2: "COMPLETED", 3: "COMPLETED"}, run.output
+    assert "more times than the Dask scheduler allows (KilledWorker" in run.output
+
+
+def test_an_unreachable_scheduler_is_one_clear_error_in_bounded_time(tmp_path: Path) -> None:
+    pytest.importorskip("distributed")
+    address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
+    run = run_app(
+        EXAMPLE,
+        [
+            "-m",
+            "task=1,2",
+            *DASK,
+            f"hydra.launcher.dask.address={address}",
+            "hydra.launcher.dask.connect_timeout=3",
+            "hydra.sweep.dir=sweep",
+        ],
+        cwd=tmp_path,
+    )
+    assert_clear_error(
+        run,
+        f"Cannot reach the Dask scheduler at hydra.launcher.dask.address={address}",
+        "within hydra.launcher.dask.connect_timeout=3s",
+    )
+    assert run.seconds < 20, run.seconds
+
+
+def test_an_address_that_is_not_a_scheduler_is_one_clear_error(tmp_path: Path) -> None:
+    """A server that accepts the connection and never answers (the dashboard's port, say)."""
+    pytest.importorskip("distributed")
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        address = f"tcp://127.0.0.1:{server.getsockname()[1]}"
+        run = run_app(
+            EXAMPLE,
+            [
+                "-m",
+                "task=1,2",
+                *DASK,
+                f"hydra.launcher.dask.address={address}",
+                "hydra.launcher.dask.connect_timeout=3",
+                "hydra.sweep.dir=sweep",
+            ],
+            cwd=tmp_path,
+        )
+    assert_clear_error(run, f"answers at hydra.launcher.dask.address={address}, but not as a Dask")
+    assert run.seconds < 20, run.seconds
+
+
+def test_a_worker_with_two_threads_is_refused(procs: Processes, tmp_path: Path) -> None:
+    cluster = DaskCluster(procs)
+    cluster.add_worker("--nthreads", "2")
+    run = run_app(
+        EXAMPLE,
+        [
+            "-m",
+            "task=1,2",
+            *DASK,
+            f"hydra.launcher.dask.address={cluster.address}",
+            "hydra.sweep.dir=sweep",
+        ],
+        cwd=tmp_path,
+    )
+    assert_clear_error(run, "(2 threads)", "--nthreads 1")
+    assert not (tmp_path / "sweep" / "jobs.jsonl").exists()
+
+
+def test_no_worker_left_is_one_clear_error(procs: Processes, tmp_path: Path) -> None:
+    """The only worker (no nanny) dies with its job: the launch ends with an error, no hang."""
+    cluster = DaskCluster(procs)
+    cluster.add_worker("--no-nanny")
+    run = run_app(
+        FAULTY,
+        [
+            "-m",
+            "+name=a,b",
+            "+modes.a=sigkill",
+            "+modes.b=sigkill",
+            *DASK,
+            f"hydra.launcher.dask.address={cluster.address}",
+            "hydra.launcher.dask.connect_timeout=3",
+            "hydra.sweep.dir=sweep",
+        ],
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert_clear_error(run, f"The Dask cluster at {cluster.address} has had no worker for 3s")
+    assert run.seconds < 60, run.seconds
+
+
+# -- workers that miss what the task needs ----------------------------------------------
+
+
+def hiding(directory: Path) -> List[str]:
+    """A command prefix running a process that sees ``directory`` empty (a mount namespace)."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1) to give workers a filesystem without the app")
+    prefix = ["unshare", "--mount", "--propagation", "private"]
+    if os.geteuid() != 0:
+        prefix[1:1] = ["--user", "--map-root-user"]
+    if subprocess.run([*prefix, "true"], capture_output=True).returncode != 0:
+        pytest.skip("cannot create a mount namespace here")
+    return [*prefix, "sh", "-c", f'mount -t tmpfs tmpfs "{directory}" && exec "$@"', "sh"]
+
+
+def test_workers_that_cannot_import_the_apps_module(procs: Processes, tmp_path: Path) -> None:
+    """The workers' filesystem has no app dir, as on a host the app is not installed on."""
+    app_dir = tmp_path / "app"
+    shutil.copytree(APPS / "with_helper", app_dir)
+    cluster = DaskCluster(procs)
+    cluster.add_worker(prefix=hiding(app_dir))
+    run = run_app(
+        app_dir / "app.py",
+        [
+            "-m",
+            "+x=1,2,3",
+            *DASK,
+            f"hydra.launcher.dask.address={cluster.address}",
+            "hydra.sweep.dir=sweep",
+        ],
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert_clear_error(
+        run,
+        "ModuleNotFoundError: No module named 'app_helper'",
+        "The workers cannot import the module 'app_helper'",
+    )
+    assert run.seconds < 60, run.seconds
+
+
+def test_workers_without_the_launcher_installed(procs: Processes, tmp_path: Path) -> None:
+    import hydra_plugins.hydra_joblib_launcher as plugin
+
+    if REPO not in Path(plugin.__file__).resolve().parents:
+        pytest.skip("the launcher is not imported from this checkout")
+    cluster = DaskCluster(procs)
+    cluster.add_worker(prefix=hiding(REPO))
+    run = run_app(
+        EXAMPLE,
+        [
+            "-m",
+            "task=1,2",
+            *DASK,
+            f"hydra.launcher.dask.address={cluster.address}",
+            "hydra.sweep.dir=sweep",
+        ],
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert_clear_error(
+        run, "cannot import the module 'hydra_plugins'", "pip install hydra-joblib-launcher"
+    )
+    assert run.seconds < 60, run.seconds
+
+
+# -- the embedded LocalCluster -----------------------------------------------------------
+
+
+def test_embedded_local_cluster_is_started_once_and_shut_down(tmp_path: Path) -> None:
+    """No address: a LocalCluster of n_jobs single-threaded worker processes, reused by every
+    batch of the multirun (two here), gone when the app exits."""
+    pytest.importorskip("distributed")
+    run = run_app(
+        EXAMPLE,
+        [
+            "-m",
+            "task=1,2,3,4",
+            *DASK,
+            "hydra.launcher.n_jobs=2",
+            "hydra.sweeper.max_batch_size=2",
+            "hydra.sweep.dir=sweep",
+        ],
+        cwd=tmp_path,
+        env={"DASK_TEMPORARY_DIRECTORY": str(tmp_path)},  # the workers' scratch space
+    )
+    assert run.returncode == 0, run.output
+    lines = [line for line in run.output.splitlines() if "is launching" in line]
+    assert len(lines) == 2, run.output
+    assert "on embedded Dask LocalCluster tcp://127.0.0.1:" in lines[0]
+    assert "(2 worker processes, 2 jobs at once)" in lines[0]
+    assert lines[0].split(" on ", 1)[1] == lines[1].split(" on ", 1)[1], (
+        "one cluster for both batches"
+    )
+    records = jobs(tmp_path / "sweep")
+    assert [job["status"] for job in records] == ["COMPLETED"] * 4
+    pids = {job["pid"] for job in records}
+    assert len(pids) == 2, pids  # two worker processes, reused
+    time.sleep(1)
+    assert not [pid for pid in pids if _alive(pid)], "the workers are stopped when the app exits"
+
+
+def test_jobs_in_the_embedded_cluster_can_start_processes(tmp_path: Path) -> None:
+    """The LocalCluster's workers are not daemonic: a job can start a process (a data loader)."""
+    pytest.importorskip("distributed")
+    run = run_app(
+        APPS / "child_process.py",
+        ["-m", "+x=1,2", *DASK, "hydra.launcher.n_jobs=2", "hydra.sweep.dir=sweep"],
+        cwd=tmp_path,
+        env={"DASK_TEMPORARY_DIRECTORY": str(tmp_path)},
+    )
+    assert run.returncode == 0, run.output
+    assert [job["status"] for job in jobs(tmp_path / "sweep")] == ["COMPLETED"] * 2
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+# -- without the extra ---------------------------------------------------------------------
+
+
+def test_without_the_extra_the_backend_names_the_install_command(tmp_path: Path) -> None:
+    run = run_app(
+        APPS / "without_module.py",
+        ["distributed", str(EXAMPLE), "-m", "task=1,2", *DASK, "hydra.sweep.dir=sweep"],
+        cwd=tmp_path,
+    )
+    assert_clear_error(run, 'pip install "hydra-joblib-launcher[dask]"')
