@@ -19,6 +19,7 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_namespace_packages(include=["hydra_plugins.*"]),
     package_data={"hydra_plugins.hydra_joblib_launcher": ["py.typed"]},
+    license="MIT",
     python_requires=">=3.10",
     install_requires=["hydra-core>=1.3.2,<1.5", "joblib>=1.5", "cloudpickle>=2.2", "tqdm>=4.60"],
     extras_require={
@@ -37,7 +38,6 @@ setup(
         "ray": ["ray>=2.9"],
     },
     classifiers=[
-        "License :: OSI Approved :: MIT License",
         "Programming Language :: Python :: 3.10",
         "Programming Language :: Python :: 3.11",
         "Programming Language :: Python :: 3.12",

@@ -26,7 +26,7 @@ import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple, cast
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
@@ -205,7 +205,7 @@ def started_path(marker_dir: str, num: int) -> Path:
 
 
 def _write_started(spec: JobSpec) -> None:
-    output_dir, log_file = _log_file(HydraConfig.instance().cfg)
+    output_dir, log_file = _log_file(cast(DictConfig, HydraConfig.instance().cfg))
     record = {
         "pid": os.getpid(),
         "host": socket.gethostname(),
@@ -404,9 +404,9 @@ def run_job_spec(spec: JobSpec) -> JobOutcome:
         attempts_path(spec.marker_dir, spec.num).unlink(missing_ok=True)
     payload, ret = _pickle_return(ret, spec)
     output_dir, log_file = _log_file(ret.hydra_cfg)
-    error_type = error = None
+    error_type = error_text = None
     if ret.status != JobStatus.COMPLETED:
-        error_type, error = _describe(ret._return_value)
+        error_type, error_text = _describe(ret._return_value)
     return JobOutcome(
         num=spec.num,
         completed=ret.status == JobStatus.COMPLETED,
@@ -418,7 +418,7 @@ def run_job_spec(spec: JobSpec) -> JobOutcome:
         output_dir=output_dir,
         log_file=log_file,
         error_type=error_type,
-        error=error,
+        error=error_text,
         devices=_devices(spec),
     )
 

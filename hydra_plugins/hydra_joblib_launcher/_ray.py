@@ -1,0 +1,228 @@
+"""backend=ray: jobs on a Ray cluster, through joblib's ray backend (ray.util.joblib).
+
+A cluster given by address ("auto", "host:port", "ray://..."), or a local Ray
+sized by n_jobs, started here and shut down at exit. Each joblib worker is a
+Ray actor running one job at a time. See _distributed.py for the rest.
+"""
+
+import atexit
+import functools
+import logging
+import socket
+from dataclasses import dataclass, replace
+from typing import Any, Dict, Iterator, Optional, Sequence
+
+from ._distributed import (
+    MAX_WORKER_DEATHS,
+    RAY_PROBE_TIMEOUT_S,
+    Cluster,
+    WorkerCannotRun,
+    _cannot_unpickle,
+    _JobTask,
+    _missing_extra,
+    _n_at_once,
+)
+from ._errors import LauncherError
+from ._job import JobOutcome, JobSpec
+from ._options import LaunchOptions
+
+log = logging.getLogger(__name__)
+
+
+
+
+@dataclass
+class _RayConnection:
+    cluster: Cluster
+    n_actors: int
+
+
+_ray_state: Dict[str, Any] = {}  # "connection": the _RayConnection of this process
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+        from ray.util.joblib.ray_backend import RayBackend  # noqa: F401
+    except ImportError as error:
+        raise _missing_extra("ray", "ray", error) from None
+    return ray
+
+
+def _ray_connection(options: LaunchOptions, n_workers: int) -> _RayConnection:
+    ray = _import_ray()
+    settings = options.ray
+    connection: Optional[_RayConnection] = _ray_state.get("connection")
+    if connection is None or not ray.is_initialized():
+        started_here = False
+        if ray.is_initialized():  # the app's own Ray: use it, leave it as it is
+            owned = False
+            address = "(initialized by the app)"
+        elif settings.address is None:
+            # joblib runs a one-worker call in the calling process: a pool has two
+            # actors at least, so Ray needs two CPUs (n_workers still bounds jobs at once).
+            kwargs = {"include_dashboard": False, **dict(settings.init)}
+            kwargs.setdefault("num_cpus", max(n_workers, 2))
+            context = ray.init(**kwargs)
+            owned = started_here = True
+            address = str(getattr(context, "address_info", {}).get("gcs_address", "local"))
+        else:
+            _probe_ray_address(settings.address)
+            try:
+                context = ray.init(address=settings.address, **dict(settings.init))
+            except Exception as error:  # noqa: BLE001 - ConnectionError, RuntimeError, ...
+                raise LauncherError(
+                    f"Cannot reach the Ray cluster at hydra.launcher.ray.address="
+                    f"{settings.address} ({type(error).__name__}: {error}). Check that the "
+                    f"cluster runs (ray start --head) and that the address is right: "
+                    f'"auto" on a cluster node, host:6379 or ray://host:10001.'
+                ) from None
+            owned = True  # a connection of ours: dropped at exit, the cluster keeps running
+            address = settings.address
+        if owned:
+            atexit.register(_shutdown_ray)
+        capacity = int(ray.cluster_resources().get("CPU", 0))
+        cluster = Cluster("ray", address, n_workers, capacity, started_here)
+        connection = _RayConnection(cluster, max(n_workers, 2))
+        _ray_state["connection"] = connection
+    capacity = int(ray.cluster_resources().get("CPU", 0))
+    if connection.cluster.started_here:
+        n_at_once = min(n_workers, capacity)
+    else:  # n_jobs counts the CPUs of the cluster
+        n_at_once = _n_at_once(options.n_jobs, capacity)
+    if capacity < 2:
+        raise LauncherError(
+            f"The Ray cluster {connection.cluster.address} offers {capacity} CPU(s); backend=ray "
+            f"needs 2 at least (joblib's Ray pool has two actors at least, one CPU each)."
+        )
+    connection.cluster = replace(connection.cluster, n_workers=n_at_once, capacity=capacity)
+    connection.n_actors = min(max(n_at_once, 2), capacity)
+    return connection
+
+
+def _probe_ray_address(address: str) -> None:
+    """Fail fast on a host:port nothing listens on: ray.init would retry for many minutes."""
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():  # "auto", "local": Ray finds the address itself
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_PROBE_TIMEOUT_S).close()
+    except OSError as error:
+        raise LauncherError(
+            f"Cannot reach the Ray cluster at hydra.launcher.ray.address={address}: nothing "
+            f"answers at {host}:{port} within {RAY_PROBE_TIMEOUT_S:g}s ({error}). Check that the "
+            f"cluster runs (ray start --head --port {port}) and that the address is right: "
+            f'"auto" on a cluster node, host:6379 or ray://host:10001.'
+        ) from None
+
+
+def _not_about_context(record: logging.LogRecord) -> bool:
+    # joblib hands every pool a multiprocessing context; Ray's pool warns that it
+    # ignores it, once per process, about nothing the user set.
+    return not record.getMessage().startswith("The 'context' argument is not supported")
+
+
+@functools.lru_cache(maxsize=None)
+def _ray_backend_class() -> Any:
+    from ray.util.joblib.ray_backend import RayBackend
+
+    logging.getLogger("ray.util.multiprocessing.pool").addFilter(_not_about_context)
+
+    class StreamingRayBackend(RayBackend):  # type: ignore[misc,unused-ignore]
+        # joblib turns generators off for multiprocessing pools (terminating one
+        # from its own result-handler thread can deadlock); Ray's pool collects
+        # results in threads of its own, so outcomes can stream as jobs end.
+        supports_return_generator = True
+
+        # Ray's pool closes by asking each actor to exit, a call Ray retries (and
+        # reports as failed) on actors that may restart: kill them, as
+        # Pool.terminate() does after that call anyway.
+        def terminate(self) -> None:
+            pool: Any = getattr(self, "_pool", None)
+            self._pool = None
+            if pool is not None:
+                import ray
+
+                for actor, _ in getattr(pool, "_actor_pool", ()):
+                    ray.kill(actor, no_restart=True)
+            self.reset_batch_stats()
+
+    return StreamingRayBackend
+
+
+def _ray_backend() -> Any:
+    # An actor holds one CPU, so Ray spreads actors over the nodes by their
+    # CPUs (zero-CPU actors would all land on one node). An actor that dies (a
+    # crash, a job past its timeout) is restarted and its tasks retried: the job
+    # counts the deaths itself and gives up after MAX_WORKER_DEATHS.
+    remote_args = {
+        "num_cpus": 1,
+        "max_restarts": -1,
+        "max_task_retries": MAX_WORKER_DEATHS + 1,
+    }
+    return _ray_backend_class()(ray_remote_args=remote_args)
+
+
+class RayPool:
+    """Jobs on the actors of Ray's joblib pool: one actor process per job at a time."""
+
+    def __init__(self, options: LaunchOptions, connection: _RayConnection) -> None:
+        self._options = options
+        self._connection = connection
+        self.n_workers = connection.cluster.n_workers
+        self._generator: Optional[Any] = None
+
+    def run(self, specs: Sequence[JobSpec]) -> Iterator[JobOutcome]:
+        from joblib import Parallel, delayed, parallel_config
+        from ray.exceptions import RayError
+
+        specs = [replace(spec, max_worker_deaths=MAX_WORKER_DEATHS) for spec in specs]
+        n_actors = self._connection.n_actors
+        with parallel_config(backend=_ray_backend()):
+            # A task waits for its actor (round robin): n_workers in flight keeps
+            # n_workers jobs running; n_actors is 2 at least (joblib would run a
+            # one-actor pool in this process).
+            parallel = Parallel(
+                n_jobs=n_actors,
+                return_as="generator_unordered",
+                verbose=self._options.verbose,
+                pre_dispatch=self.n_workers,
+                batch_size=1,
+            )
+            self._generator = parallel(
+                delayed(_JobTask(spec.num, dask=False))(spec) for spec in specs
+            )
+            try:
+                yield from self._generator
+            except WorkerCannotRun as error:
+                raise LauncherError(str(error)) from None
+            except ImportError as error:
+                raise LauncherError(_cannot_unpickle(error)) from None
+            except RayError as error:
+                cause = getattr(error, "cause", None)
+                if isinstance(cause, ImportError):
+                    raise LauncherError(_cannot_unpickle(cause)) from None
+                if isinstance(cause, WorkerCannotRun):
+                    raise LauncherError(str(cause)) from None
+                raise LauncherError(
+                    f"The Ray cluster failed the launch: {type(error).__name__}: {error}"
+                ) from None
+            finally:
+                self._generator = None
+
+    def stop(self) -> None:
+        """An interrupt: joblib kills the pool's actors (so the jobs); the cluster keeps running."""
+        generator, self._generator = self._generator, None
+        if generator is not None:
+            generator.close()
+
+    def close(self) -> None:
+        """Ray stays up for the next batch; it is shut down when the process exits."""
+
+
+def _shutdown_ray() -> None:
+    """Disconnect from Ray; a local Ray started here stops with it, a cluster keeps running."""
+    import ray
+
+    _ray_state.pop("connection", None)
+    ray.shutdown()
