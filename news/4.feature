@@ -1,0 +1,1 @@
+`hydra.launcher.backend=dask` and `backend=ray` run the same sweep on a Dask or Ray cluster (an address, or a local cluster started for the multirun) through joblib's own backends, one job per worker process, with the same fault handling; install with `pip install "hydra-joblib-launcher[dask]"` or `[ray]`.
