@@ -34,8 +34,8 @@ setup(
         ],
         # backend=dask: joblib's dask backend on a distributed.Client
         "dask": ["dask[distributed]>=2023.1"],
-        # backend=ray: joblib's ray backend (ray.util.joblib)
-        "ray": ["ray>=2.9"],
+        # backend=ray: joblib's ray backend (ray.util.joblib); [default] brings `ray start` and Ray Client
+        "ray": ["ray[default]>=2.9"],
     },
     classifiers=[
         "Programming Language :: Python :: 3.10",
