@@ -10,7 +10,7 @@ import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, setup_globals
@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from ._errors import LauncherConfigError, LauncherError
 
 if TYPE_CHECKING:
+    from ._job import JobSpec
     from ._options import LaunchOptions
 
 log = logging.getLogger(__name__)
@@ -73,67 +74,27 @@ def _launch(
     job_overrides: Sequence[Sequence[str]],
     initial_job_idx: int,
 ) -> List[JobReturn]:
-    from joblib import cpu_count
-
-    from ._backends import open_pools
-    from ._job import JobSpec, SharedContext, capture_resolvers, pickle_context, write_context
-    from ._report import Reporter
+    from ._job import JobSpec
     from ._resume import load_completed
-    from ._supervisor import supervise
 
-    assert launcher.config is not None and launcher.hydra_context is not None
-    assert launcher.task_function is not None
+    assert launcher.config is not None, "checked by launch()"
     config = launcher.config
-    n_workers = options.workers(cpu_count())
-    where = ""
-    if options.distributed:
-        from ._distributed import connect
-
-        # Before any dir is made: a cluster that cannot be used is one clear error.
-        cluster = connect(options, n_workers=n_workers)
-        n_workers, where = cluster.n_workers, f" on {cluster.description}"
+    _refuse_device_override(options, config)
+    n_workers, where = _workers(options)
     sweep_dir = Path(str(config.hydra.sweep.dir))
     if options.distributed:
         # Workers on other machines write into the same tree (a shared filesystem).
         sweep_dir = sweep_dir.absolute()
-
-    env_set = config.hydra.job.get("env_set") or {}
-    if options.devices is not None and options.device_env in env_set:
-        raise LauncherConfigError(
-            f"hydra.job.env_set.{options.device_env}={env_set[options.device_env]!r} would "
-            f"replace the device ids hydra.launcher.devices hands each job, so two jobs could "
-            f"share a device; remove it, or remove hydra.launcher.devices"
-        )
-    log.info(
-        f"Joblib.Parallel({options.joblib_settings(n_workers)}) is launching "
-        f"{len(job_overrides)} jobs{where}"
-    )
-    if options.devices is not None:
-        log.info(
-            f"Device pool {','.join(options.devices)} ({options.devices_per_job} per job, in "
-            f"{options.device_env}): at most {n_workers} jobs at once, each in a fresh process"
-        )
-    log.info(f"Launching jobs, sweep output dir : {sweep_dir}")
+    jobs = list(zip(range(initial_job_idx, initial_job_idx + len(job_overrides)), job_overrides))
+    _log_launch(options, n_workers=n_workers, where=where, sweep_dir=sweep_dir, jobs=jobs)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-
-    nums = range(initial_job_idx, initial_job_idx + len(job_overrides))
-    for num, overrides in zip(nums, job_overrides):
-        log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
 
     # Context and markers: on the shared sweep dir when workers may be elsewhere.
     run_dir = Path(
         tempfile.mkdtemp(prefix=".hydra-joblib-", dir=sweep_dir if options.distributed else None)
     )
     try:
-        context_file = run_dir / "context.pkl"
-        context = SharedContext(
-            hydra_context=launcher.hydra_context,
-            task_function=launcher.task_function,
-            config=config,
-            singleton_state=Singleton.get_state(),
-            resolvers=capture_resolvers(),
-        )
-        write_context(_pickled(context, pickle_context), context_file)
+        context_file = _send_once(launcher, run_dir)
         specs = [
             JobSpec(
                 num=num,
@@ -144,24 +105,13 @@ def _launch(
                 device_env=options.device_env if options.devices is not None else None,
                 sweep_dir=str(sweep_dir) if options.distributed else None,
             )
-            for num, overrides in zip(nums, job_overrides)
+            for num, overrides in jobs
         ]
         done = load_completed(specs, sweep_dir) if options.resume else {}
         to_run = [spec for spec in specs if spec.num not in done]
         if options.resume:
             log.info(f"Resuming: {len(done)} jobs completed before are skipped, {len(to_run)} run")
-
-        pool, quarantine = open_pools(options, n_workers=n_workers, run_dir=run_dir)
-        reporter = Reporter(
-            to_run,
-            sweep_dir=sweep_dir,
-            n_workers=n_workers,
-            progress=options.progress,
-            skipped=len(done),
-        )
-        outcomes = supervise(to_run, pool=pool, quarantine=quarantine, report=reporter) if to_run else {}
-        reporter.summary()
-        returns = {**done, **{num: outcome.job_return() for num, outcome in outcomes.items()}}
+        returns = {**done, **_run(to_run, options, n_workers, run_dir, sweep_dir, len(done))}
         missing = [f"#{spec.num}" for spec in specs if spec.num not in returns]
         if missing:  # a bug of ours, never the user's: say so rather than lose the batch silently
             raise LauncherError(
@@ -174,9 +124,68 @@ def _launch(
         configure_log(config.hydra.hydra_logging, config.hydra.verbose)
 
 
-def _pickled(context: Any, pickle_context: Callable[[Any], bytes]) -> bytes:
+def _refuse_device_override(options: "LaunchOptions", config: DictConfig) -> None:
+    env_set = config.hydra.job.get("env_set") or {}
+    if options.devices is not None and options.device_env in env_set:
+        raise LauncherConfigError(
+            f"hydra.job.env_set.{options.device_env}={env_set[options.device_env]!r} would "
+            f"replace the device ids hydra.launcher.devices hands each job, so two jobs could "
+            f"share a device; remove it, or remove hydra.launcher.devices"
+        )
+
+
+def _workers(options: "LaunchOptions") -> Tuple[int, str]:
+    """How many jobs run at once, and where (for the launch line)."""
+    from joblib import cpu_count
+
+    n_workers = options.workers(cpu_count())
+    if not options.distributed:
+        return n_workers, ""
+    from ._distributed import connect
+
+    # Before any dir is made: a cluster that cannot be used is one clear error.
+    cluster = connect(options, n_workers=n_workers)
+    return cluster.n_workers, f" on {cluster.description}"
+
+
+def _log_launch(
+    options: "LaunchOptions",
+    *,
+    n_workers: int,
+    where: str,
+    sweep_dir: Path,
+    jobs: Sequence[Tuple[int, Sequence[str]]],
+) -> None:
+    """The lines users of the released plugin know, and where the jobs go."""
+    log.info(
+        f"Joblib.Parallel({options.joblib_settings(n_workers)}) is launching "
+        f"{len(jobs)} jobs{where}"
+    )
+    if options.devices is not None:
+        log.info(
+            f"Device pool {','.join(options.devices)} ({options.devices_per_job} per job, in "
+            f"{options.device_env}): at most {n_workers} jobs at once, each in a fresh process"
+        )
+    log.info(f"Launching jobs, sweep output dir : {sweep_dir}")
+    for num, overrides in jobs:
+        log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
+
+
+def _send_once(launcher: JoblibLauncher, run_dir: Path) -> Path:
+    """Pickle what every job shares into ``run_dir`` once; one clear error if it cannot be."""
+    from ._job import SharedContext, capture_resolvers, pickle_context, write_context
+
+    assert launcher.config is not None, "checked by launch()"
+    assert launcher.hydra_context is not None and launcher.task_function is not None
+    context = SharedContext(
+        hydra_context=launcher.hydra_context,
+        task_function=launcher.task_function,
+        config=launcher.config,
+        singleton_state=Singleton.get_state(),
+        resolvers=capture_resolvers(),
+    )
     try:
-        return pickle_context(context)
+        payload = pickle_context(context)
     except Exception as error:  # noqa: BLE001 - whatever pickling raises means the same
         raise LauncherError(
             f"The task cannot be sent to worker processes: pickling it failed with "
@@ -184,6 +193,33 @@ def _pickled(context: Any, pickle_context: Callable[[Any], bytes]) -> bytes:
             "uses, at module level (not inside another function), and keep open files, "
             "locks and connections out of the config and of global state the task refers to."
         ) from None
+    path = run_dir / "context.pkl"
+    write_context(payload, path)
+    return path
+
+
+def _run(
+    specs: Sequence["JobSpec"],
+    options: "LaunchOptions",
+    n_workers: int,
+    run_dir: Path,
+    sweep_dir: Path,
+    skipped: int,
+) -> Dict[int, JobReturn]:
+    """Run ``specs`` under supervision, reporting as they end; their JobReturns by number."""
+    from ._backends import open_pools
+    from ._report import Reporter
+    from ._supervisor import supervise
+
+    reporter = Reporter(
+        specs, sweep_dir=sweep_dir, n_workers=n_workers, progress=options.progress, skipped=skipped
+    )
+    outcomes = {}
+    if specs:
+        pool, quarantine = open_pools(options, n_workers=n_workers, run_dir=run_dir)
+        outcomes = supervise(specs, pool=pool, quarantine=quarantine, report=reporter)
+    reporter.summary()
+    return {num: outcome.job_return() for num, outcome in outcomes.items()}
 
 
 @contextmanager
