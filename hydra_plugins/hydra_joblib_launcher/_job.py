@@ -311,10 +311,18 @@ def _announced(task_function: TaskFunction, spec: JobSpec) -> TaskFunction:
         where = f"host {socket.gethostname()}, process {os.getpid()}"
         if spec.device_env is not None:
             where += f", {spec.device_env}={os.environ.get(spec.device_env, '')}"
-        log.info(f"Job #{spec.num} running on {where}")
+        _to_job_log_file(f"Job #{spec.num} running on {where}")
         return task_function(cfg)
 
     return task
+
+
+def _to_job_log_file(message: str) -> None:
+    """Log ``message`` to the job's log file only: the console keeps the lines users know."""
+    record = log.makeRecord(log.name, logging.INFO, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def _sweep_config(context: SharedContext, spec: JobSpec) -> DictConfig:
