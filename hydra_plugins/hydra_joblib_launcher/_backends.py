@@ -242,7 +242,12 @@ class FreshProcessPool:
             if self._stopping:
                 return None
             proc = subprocess.Popen(
-                [sys.executable, "-m", "hydra_plugins.hydra_joblib_launcher._worker", str(out_path)],
+                [
+                    sys.executable,
+                    "-m",
+                    "hydra_plugins.hydra_joblib_launcher._worker",
+                    str(out_path),
+                ],
                 stdin=subprocess.PIPE,
                 env=env,
             )

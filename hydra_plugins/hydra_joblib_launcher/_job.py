@@ -114,7 +114,6 @@ def dumps(obj: Any) -> bytes:
 def _pickler_class() -> Any:
     import copyreg
     import types
-    from collections import ChainMap
 
     import cloudpickle
 
@@ -128,9 +127,13 @@ def _pickler_class() -> Any:
         return constructor, args
 
     class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
-        dispatch_table = ChainMap(
-            {types.CodeType: keep_filename}, cloudpickle.Pickler.dispatch_table, copyreg.dispatch_table
-        )
+        # A plain dict: the C pickler looks every object's type up in it, and a
+        # ChainMap would make each look-up a Python call.
+        dispatch_table = {
+            **copyreg.dispatch_table,
+            **dict(cloudpickle.Pickler.dispatch_table),
+            types.CodeType: keep_filename,
+        }
 
     return Pickler
 
@@ -204,7 +207,8 @@ def started_path(marker_dir: str, num: int) -> Path:
     return Path(marker_dir) / f"{num}.started"
 
 
-def _write_started(spec: JobSpec) -> None:
+def _write_started(spec: JobSpec) -> Tuple[Optional[str], Optional[str]]:
+    """Note where the job runs and logs; returns its output dir and log file."""
     output_dir, log_file = _log_file(cast(DictConfig, HydraConfig.instance().cfg))
     record = {
         "pid": os.getpid(),
@@ -214,6 +218,7 @@ def _write_started(spec: JobSpec) -> None:
         "log_file": log_file,
     }
     started_path(spec.marker_dir, spec.num).write_text(json.dumps(record))
+    return output_dir, log_file
 
 
 def _read_started(spec: JobSpec) -> Dict[str, Any]:
@@ -303,11 +308,16 @@ def _devices(spec: JobSpec) -> Optional[Tuple[str, ...]]:
     return tuple(os.environ[spec.device_env].split(","))
 
 
-def _announced(task_function: TaskFunction, spec: JobSpec) -> TaskFunction:
-    """The task, preceded by a line in the job's own log saying where it runs."""
+def _announced(
+    task_function: TaskFunction, spec: JobSpec, where_logged: Dict[str, Any]
+) -> TaskFunction:
+    """The task, preceded by a line in the job's own log saying where it runs.
+
+    ``where_logged`` receives the job's output dir and log file.
+    """
 
     def task(cfg: DictConfig) -> Any:
-        _write_started(spec)
+        where_logged["paths"] = _write_started(spec)
         where = f"host {socket.gethostname()}, process {os.getpid()}"
         if spec.device_env is not None:
             where += f", {spec.device_env}={os.environ.get(spec.device_env, '')}"
@@ -319,7 +329,7 @@ def _announced(task_function: TaskFunction, spec: JobSpec) -> TaskFunction:
 
 def _to_job_log_file(message: str) -> None:
     """Log ``message`` to the job's log file only: the console keeps the lines users know."""
-    record = log.makeRecord(log.name, logging.INFO, __file__, 0, message, None, None)
+    record = log.makeRecord(log.name, logging.INFO, __file__, 0, message, (), None)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)
@@ -394,13 +404,14 @@ def run_job_spec(spec: JobSpec) -> JobOutcome:
         return settled
     context = load_context(spec.context_file)
     setup_globals()
+    where_logged: Dict[str, Any] = {}
     try:
         with _time_limit(spec):
             config = _sweep_config(context, spec)
             HydraConfig.instance().set_config(config)
             ret = run_job(
                 hydra_context=context.hydra_context,
-                task_function=_announced(context.task_function, spec),
+                task_function=_announced(context.task_function, spec, where_logged),
                 config=config,
                 job_dir_key="hydra.sweep.dir",
                 job_subdir_key="hydra.sweep.subdir",
@@ -411,7 +422,7 @@ def run_job_spec(spec: JobSpec) -> JobOutcome:
     if spec.max_worker_deaths is not None:
         attempts_path(spec.marker_dir, spec.num).unlink(missing_ok=True)
     payload, ret = _pickle_return(ret, spec)
-    output_dir, log_file = _log_file(ret.hydra_cfg)
+    output_dir, log_file = where_logged.get("paths") or _log_file(ret.hydra_cfg)
     error_type = error_text = None
     if ret.status != JobStatus.COMPLETED:
         error_type, error_text = _describe(ret._return_value)

@@ -245,9 +245,7 @@ def _choice(key: str, value: Any, choices: Tuple[Optional[str], ...]) -> Any:
 
 
 def _devices(config: Mapping[str, Any]) -> Tuple[Optional[Tuple[str, ...]], int, str]:
-    per_job = _int(
-        "devices_per_job", config.get("devices_per_job", 1), "give a positive integer"
-    )
+    per_job = _int("devices_per_job", config.get("devices_per_job", 1), "give a positive integer")
     if per_job < 1:
         raise _refuse("devices_per_job", per_job, "give a positive integer")
     env = config.get("device_env", "CUDA_VISIBLE_DEVICES")
@@ -335,4 +333,3 @@ def validate(config: Mapping[str, Any]) -> LaunchOptions:
         dask=_dask(config.get("dask")),
         ray=_ray(config.get("ray")),
     )
-

@@ -29,8 +29,6 @@ from ._options import LaunchOptions
 log = logging.getLogger(__name__)
 
 
-
-
 @dataclass
 class _RayConnection:
     cluster: Cluster

@@ -14,7 +14,7 @@ import logging
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -125,10 +125,12 @@ class Reporter:
 
     # -- events ----------------------------------------------------------------
     def job_ended(self, outcome: JobOutcome) -> None:
-        with self._lock:
-            self.ended[outcome.num] = outcome
+        with self._lock:  # the figures only: the pickled result is written below, not kept
+            self.ended[outcome.num] = replace(outcome, payload=b"")
         if not outcome.completed:
-            where = outcome.log_file or outcome.output_dir or "no log: the job did not start logging"
+            where = (
+                outcome.log_file or outcome.output_dir or "no log: the job did not start logging"
+            )
             log.error(
                 f"#{outcome.num} : {self._overrides.get(outcome.num, '')} FAILED after "
                 f"{outcome.duration_s:.1f}s: {outcome.error_type}: {outcome.error} (log: {where})"

@@ -17,6 +17,8 @@ import logging
 import time
 from typing import Callable, Dict, Iterator, List, Protocol, Sequence
 
+from hydra.core.utils import JobReturn
+
 from ._backends import PoolBroken, crash_error, timeout_error
 from ._job import JobOutcome, JobSpec, failed_outcome, marker_path
 
@@ -43,13 +45,17 @@ def supervise(
     pool: Pool,
     quarantine: Callable[[], Pool],
     report: Report,
-) -> Dict[int, JobOutcome]:
-    """Run ``specs`` on ``pool`` and return every job's outcome, by job number."""
-    outcomes: Dict[int, JobOutcome] = {}
+) -> Dict[int, JobReturn]:
+    """Run ``specs`` on ``pool`` and return every job's JobReturn, by job number.
+
+    Each result is unpickled as it arrives, while other jobs still run, so the
+    batch has no tail of unpickling at its end and keeps no pickled copies.
+    """
+    outcomes: Dict[int, JobReturn] = {}
     pools: List[Pool] = [pool]
 
     def record(outcome: JobOutcome) -> None:
-        outcomes[outcome.num] = outcome
+        outcomes[outcome.num] = outcome.job_return()
         report.job_ended(outcome)
 
     queue = list(specs)
@@ -75,7 +81,7 @@ def supervise(
 def _after_break(
     queue: List[JobSpec],
     broken: PoolBroken,
-    outcomes: Dict[int, JobOutcome],
+    outcomes: Dict[int, JobReturn],
     record: Callable[[JobOutcome], None],
     quarantine: Callable[[], Pool],
     pools: List[Pool],
@@ -92,7 +98,11 @@ def _after_break(
     if timed_out or not suspects:
         return suspects + later
     if len(suspects) == 1:
-        record(failed_outcome(suspects[0], crash_error(suspects[0], f"died {broken.exit_codes}"), started=now))
+        record(
+            failed_outcome(
+                suspects[0], crash_error(suspects[0], f"died {broken.exit_codes}"), started=now
+            )
+        )
         return later
     log.warning(
         "A worker process died while jobs %s were in flight; running them again, each in a "

@@ -1,6 +1,6 @@
 """The launcher Hydra calls: it wires the parts together and holds no logic of its own.
 
-    launch(job_overrides) ─▶ validate(config) ─▶ [JobSpec] ─▶ pool ─▶ supervise ─▶ [JobReturn]
+launch(job_overrides) ─▶ validate(config) ─▶ [JobSpec] ─▶ pool ─▶ supervise ─▶ [JobReturn]
 """
 
 import logging
@@ -214,12 +214,12 @@ def _run(
     reporter = Reporter(
         specs, sweep_dir=sweep_dir, n_workers=n_workers, progress=options.progress, skipped=skipped
     )
-    outcomes = {}
+    returns: Dict[int, JobReturn] = {}
     if specs:
         pool, quarantine = open_pools(options, n_workers=n_workers, run_dir=run_dir)
-        outcomes = supervise(specs, pool=pool, quarantine=quarantine, report=reporter)
+        returns = supervise(specs, pool=pool, quarantine=quarantine, report=reporter)
     reporter.summary()
-    return {num: outcome.job_return() for num, outcome in outcomes.items()}
+    return returns
 
 
 @contextmanager
@@ -237,4 +237,3 @@ def _interrupts_as_exceptions() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
