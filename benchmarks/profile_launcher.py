@@ -29,7 +29,7 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 sys.dont_write_bytecode = True  # importing run.py must leave no __pycache__ behind
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -192,21 +192,45 @@ def _split(stack: str) -> Tuple[str, str, bool, List[str]]:
     return kind, pid, main, frames
 
 
-def report_pyspy(stacks: Path, wall_s: float, n: int) -> None:
-    phases: Dict[Tuple[str, str], Counter] = defaultdict(Counter)
-    pids: Dict[str, set] = defaultdict(set)
+_ROOTS = ("<module>", "_run_module_as_main", "Thread._bootstrap")
+DRILL = (("worker", "run_job_spec", 1), ("worker", "dumps", 2), ("launcher", "job_return", 1))
+
+
+def _stacks(stacks: Path) -> Iterator[Tuple[str, str, bool, List[str], int]]:
     text = stacks.read_text(errors="replace")
     for line in re.split(r"(?<=\d)\n", text):  # a stack ends with its count; command lines may hold newlines
         stack, _, count = line.strip().rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        kind, pid, main, frames = _split(stack)
+        if stack and count.isdigit():
+            yield (*_split(stack), int(count))
+
+
+def _short(frame: str) -> str:
+    """``Class.method (file.py)``, without the line number."""
+    name, _, where = frame.partition(" (")
+    return f"{name} ({where.rsplit('/', 1)[-1].split(':')[0]})" if where else name
+
+
+def report_pyspy(stacks: Path, wall_s: float, n: int) -> None:
+    phases: Dict[Tuple[str, str], Counter] = defaultdict(Counter)
+    pids: Dict[str, set] = defaultdict(set)
+    below: Dict[str, Counter] = defaultdict(Counter)
+    for kind, pid, main, frames, count in _stacks(stacks):
         pids[kind].add(pid)
         table = WORKER_PHASES if kind == "worker" else LAUNCHER_PHASES
-        phase = _phase(frames, table) or f"{kind}, other"
+        if not frames or not frames[0].startswith(_ROOTS):
+            phase = "unattributed: py-spy got no or a truncated Python stack"
+        else:
+            phase = _phase(frames, table) or f"{kind}, other"
+        if phase == "worker, other":
+            phase = "worker, other (loky's loop, incl. its gc.collect() every second; imports)"
         if kind == "launcher" and not main:
             phase = "joblib/loky threads (result handler, queue feeder, manager)"
-        phases[(kind, "main thread" if main else "other threads")][phase] += int(count)
+        phases[(kind, "main thread" if main else "other threads")][phase] += count
+        names = [f.split(" (", 1)[0].rsplit(".", 1)[-1] for f in frames]
+        for drill_kind, anchor, depth in DRILL:
+            if kind == drill_kind and anchor in names:
+                i = len(names) - 1 - names[::-1].index(anchor)
+                below[anchor][" > ".join(_short(f) for f in frames[i + 1 : i + 1 + depth]) or "(itself)"] += count
     print(f"\n== py-spy ({RATE} Hz, on-CPU samples), this launcher, {n} jobs, run wall {wall_s:.1f} s ==")
     for (kind, threads), counter in sorted(phases.items()):
         total = sum(counter.values())
@@ -215,6 +239,11 @@ def report_pyspy(stacks: Path, wall_s: float, n: int) -> None:
         for phase, samples in counter.most_common():
             secs = samples / RATE
             print(f"    {samples / total:6.1%}  {secs:7.2f} s  {secs / n * 1000:7.2f} ms/job  {phase}")
+    for anchor, counter in below.items():
+        total = sum(counter.values())
+        print(f"  inside {anchor}: {total / RATE:.2f} s, {total / RATE / n * 1000:.2f} ms/job; top callees:")
+        for where, samples in counter.most_common(6):
+            print(f"    {samples / total:6.1%}  {samples / RATE / n * 1000:7.2f} ms/job  {where}")
 
 
 def _clean(workdir: Path) -> None:
