@@ -142,9 +142,6 @@ class LokyPool:
             generator.close()
         shutdown_loky()
 
-    def close(self) -> None:
-        """Workers stay up for the next batch; :func:`shutdown_loky` runs when the process exits."""
-
 
 @functools.lru_cache(maxsize=None)
 def _shutdown_loky_at_exit() -> None:
@@ -281,9 +278,6 @@ class FreshProcessPool:
         for proc in running:
             proc.wait()
 
-    def close(self) -> None:
-        """Nothing outlives a job here."""
-
 
 Pool = Union[LokyPool, FreshProcessPool]
 
@@ -308,4 +302,4 @@ def open_pools(
 
         pool = open_pool(options, n_workers=n_workers)
         return pool, lambda: pool  # the cluster re-runs the jobs of a dead worker itself
-    raise LauncherConfigError(f"hydra.launcher.backend={options.backend} is not available yet")
+    raise LauncherConfigError(f"hydra.launcher.backend={options.backend} has no worker pool")

@@ -484,9 +484,6 @@ class DaskPool:
                 ", ".join(f"#{num}" for num in sorted(stopped)),
             )
 
-    def close(self) -> None:
-        """The cluster stays up for the next batch; it is closed when the process exits."""
-
 
 def _close_dask(connection: _DaskConnection) -> None:
     for key, known in list(_dask_connections.items()):

@@ -214,9 +214,6 @@ class RayPool:
         if generator is not None:
             generator.close()
 
-    def close(self) -> None:
-        """Ray stays up for the next batch; it is shut down when the process exits."""
-
 
 def _shutdown_ray() -> None:
     """Disconnect from Ray; a local Ray started here stops with it, a cluster keeps running."""
