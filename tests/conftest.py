@@ -1,12 +1,14 @@
 """Shared helpers: run a small Hydra app as a user would, in a subprocess."""
 
+import json
 import os
+import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import pytest
 
@@ -53,6 +55,35 @@ def run_app(
 def app_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     paths = [str(APPS), *filter(None, [os.environ.get("PYTHONPATH")])]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), **(extra or {})}
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now, for a server a test starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def jobs(sweep: Path) -> List[Dict[str, Any]]:
+    """The records of jobs.jsonl in ``sweep``, by job number."""
+    lines = (sweep / "jobs.jsonl").read_text().splitlines()
+    return sorted((json.loads(line) for line in lines), key=lambda job: job["num"])
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def assert_clear_error(run: Run, *texts: str) -> None:
+    """The launch failed with one message holding ``texts``, and no traceback."""
+    assert run.returncode == 1, run.output
+    for text in texts:
+        assert text in run.stderr, run.output
+    assert "Traceback" not in run.output, run.output
 
 
 @pytest.fixture

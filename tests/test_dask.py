@@ -1,7 +1,6 @@
 """backend=dask: sweeps on a Dask scheduler and workers started here on loopback, or on an
 embedded LocalCluster. Real processes, no mocks; skipped without the [dask] extra."""
 
-import json
 import os
 import shutil
 import signal
@@ -11,22 +10,16 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import pytest
-from conftest import APPS, REPO, Run, run_app
+from conftest import APPS, REPO, Run, alive, assert_clear_error, free_port, jobs, run_app
 
 pytestmark = [pytest.mark.dask, pytest.mark.slow]
 
 EXAMPLE = REPO / "example" / "my_app.py"
 FAULTY = APPS / "faulty.py"
 DASK = ["hydra/launcher=joblib", "hydra.launcher.backend=dask"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Processes:
@@ -152,21 +145,9 @@ def procs(tmp_path: Path) -> Iterator[Processes]:
     started.stop()
 
 
-def jobs(sweep: Path) -> List[Dict[str, Any]]:
-    lines = (sweep / "jobs.jsonl").read_text().splitlines()
-    return sorted((json.loads(line) for line in lines), key=lambda job: job["num"])
-
-
 def runs(count_dir: Path, name: str) -> List[int]:
     path = count_dir / f"{name}.runs"
     return [int(pid) for pid in path.read_text().split()] if path.exists() else []
-
-
-def assert_clear_error(run: Run, *texts: str) -> None:
-    assert run.returncode == 1, run.output
-    for text in texts:
-        assert text in run.stderr, run.output
-    assert "Traceback" not in run.output, run.output
 
 
 # -- an external scheduler ------------------------------------------------------------
@@ -517,7 +498,7 @@ def test_embedded_local_cluster_is_started_once_and_shut_down(tmp_path: Path) ->
     pids = {job["pid"] for job in records}
     assert len(pids) == 2, pids  # two worker processes, reused
     time.sleep(1)
-    assert not [pid for pid in pids if _alive(pid)], "the workers are stopped when the app exits"
+    assert not [pid for pid in pids if alive(pid)], "the workers are stopped when the app exits"
 
 
 def test_jobs_in_the_embedded_cluster_can_start_processes(tmp_path: Path) -> None:
@@ -531,14 +512,6 @@ def test_jobs_in_the_embedded_cluster_can_start_processes(tmp_path: Path) -> Non
     )
     assert run.returncode == 0, run.output
     assert [job["status"] for job in jobs(tmp_path / "sweep")] == ["COMPLETED"] * 2
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 # -- without the extra ---------------------------------------------------------------------

@@ -3,7 +3,6 @@
 without the [ray] extra."""
 
 import importlib.util
-import json
 import os
 import secrets
 import shutil
@@ -18,19 +17,13 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
 import pytest
-from conftest import APPS, REPO, Run, run_app
+from conftest import APPS, REPO, alive, assert_clear_error, free_port, jobs, run_app
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 EXAMPLE = REPO / "example" / "my_app.py"
 FAULTY = APPS / "faulty.py"
 RAY = ["hydra/launcher=joblib", "hydra.launcher.backend=ray"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -108,11 +101,6 @@ def ray_head(ray_env: Dict[str, str]) -> Iterator[RayHead]:
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def jobs(sweep: Path) -> List[Dict[str, Any]]:
-    lines = (sweep / "jobs.jsonl").read_text().splitlines()
-    return sorted((json.loads(line) for line in lines), key=lambda job: job["num"])
-
-
 def assert_one_job_at_a_time_per_process(records: List[Dict[str, Any]]) -> None:
     by_pid: Dict[int, List[Any]] = {}
     for job in records:
@@ -124,14 +112,6 @@ def assert_one_job_at_a_time_per_process(records: List[Dict[str, Any]]) -> None:
             assert ended <= started, by_pid
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def _listening(address: str) -> bool:
     host, port = address.rsplit(":", 1)
     try:
@@ -139,13 +119,6 @@ def _listening(address: str) -> bool:
     except OSError:
         return False
     return True
-
-
-def assert_clear_error(run: Run, *texts: str) -> None:
-    assert run.returncode == 1, run.output
-    for text in texts:
-        assert text in run.stderr, run.output
-    assert "Traceback" not in run.output, run.output
 
 
 def test_a_local_ray_is_started_sized_and_shut_down(
@@ -181,7 +154,7 @@ def test_a_local_ray_is_started_sized_and_shut_down(
         log = (tmp_path / "sweep" / str(job["num"]) / "my_app.log").read_text()
         assert f"Process ID {job['pid']} executing task {job['num'] + 1}" in log
     time.sleep(1)
-    assert not [pid for pid in pids if _alive(pid)], "Ray started by the launcher stops with it"
+    assert not [pid for pid in pids if alive(pid)], "Ray started by the launcher stops with it"
 
 
 def test_a_cluster_reached_by_address_runs_the_sweep_and_keeps_running(
