@@ -24,10 +24,13 @@ import logging
 import os
 import pickle
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Dict, FrozenSet, Iterator, Optional, Sequence, Set, Tuple, Union
 
@@ -40,6 +43,7 @@ from ._job import (
     failed_outcome,
     marker_path,
     run_job_spec,
+    warm_worker,
 )
 from ._options import LaunchOptions, pre_dispatch_count
 
@@ -96,11 +100,55 @@ class LokyPool:
         self._n_workers = n_workers
         self._generator: Optional[Any] = None
 
-    def run(self, specs: Sequence[JobSpec]) -> Iterator[JobOutcome]:
-        from joblib import Parallel, delayed, parallel_config
-        from joblib.externals.loky.process_executor import BrokenProcessPool
+    @contextmanager
+    def _parallel(self, **overrides: Any) -> Iterator[Any]:
+        """joblib's Parallel on loky, as every call of this pool makes it.
+
+        loky reuses its running workers only for a call whose settings equal
+        the previous call's: the warm-up and the batches share this one place.
+        ``overrides`` may change what is not such a setting (batching, verbosity up to 50).
+        """
+        from joblib import Parallel, parallel_config
 
         options = self._options
+        settings = dict(
+            n_jobs=self._n_workers,
+            return_as="generator_unordered",
+            verbose=options.verbose,
+            pre_dispatch=pre_dispatch_count(options.pre_dispatch, self._n_workers),
+            batch_size=options.batch_size,
+            temp_folder=options.temp_folder,
+            max_nbytes=options.max_nbytes,
+            mmap_mode=options.mmap_mode,
+        )
+        with parallel_config(backend="loky", inner_max_num_threads=options.inner_max_num_threads):
+            yield Parallel(**{**settings, **overrides})
+
+    def warm(self, ready: int) -> None:
+        """Start the workers; load what jobs need in the first ``ready`` (see :func:`warm_up`)."""
+        from joblib import delayed
+
+        # joblib hands a verbosity above 50 on to loky, which then counts it as a setting.
+        verbose = self._options.verbose if self._options.verbose > 50 else 0
+        meeting = tempfile.mkdtemp(prefix="hydra-joblib-warm-up-")
+        try:
+            tasks = (delayed(warm_worker)(meeting, ready) for _ in range(ready))
+            with self._parallel(verbose=verbose, batch_size=1, pre_dispatch="all") as parallel:
+                pids = sorted(set(parallel(tasks)))
+            log.debug(
+                f"Started {len(pids)} workers ahead of the batch: processes "
+                f"{', '.join(map(str, pids))}"
+            )
+        except Exception as error:  # noqa: BLE001 - the batch starts its workers itself then
+            log.debug("Starting the workers ahead of the batch failed: %r", error)
+        finally:
+            shutil.rmtree(meeting, ignore_errors=True)
+
+    def run(self, specs: Sequence[JobSpec]) -> Iterator[JobOutcome]:
+        from joblib import delayed
+        from joblib.externals.loky.process_executor import BrokenProcessPool
+
+        _wait_for_warm_up()
         dispatched: Set[int] = set()
         ended: Set[int] = set()
 
@@ -109,17 +157,7 @@ class LokyPool:
                 dispatched.add(spec.num)
                 yield delayed(run_job_spec)(spec)
 
-        with parallel_config(backend="loky", inner_max_num_threads=options.inner_max_num_threads):
-            parallel = Parallel(
-                n_jobs=self._n_workers,
-                return_as="generator_unordered",
-                verbose=options.verbose,
-                pre_dispatch=pre_dispatch_count(options.pre_dispatch, self._n_workers),
-                batch_size=options.batch_size,
-                temp_folder=options.temp_folder,
-                max_nbytes=options.max_nbytes,
-                mmap_mode=options.mmap_mode,
-            )
+        with self._parallel() as parallel:
             self._generator = parallel(tasks())
             try:
                 for outcome in self._generator:
@@ -141,6 +179,49 @@ class LokyPool:
         if generator is not None:
             generator.close()
         shutdown_loky()
+
+
+_warming: Optional[threading.Thread] = None
+
+
+def warm_up(options: LaunchOptions) -> None:
+    """Start the loky workers in the background, with the settings the batches will use.
+
+    Called from the launcher's ``setup()``: Hydra then composes every job's
+    config once in this process (the sweeper's check of the batch) before it
+    calls ``launch()``, and the workers start meanwhile. The first batch waits
+    for the warm-up to end (up to one worker per CPU ready) and finds them
+    running. Other backends start their processes per job or live on a
+    cluster: nothing to warm.
+    """
+    global _warming
+    if options.backend != "loky" or options.devices is not None or _warming is not None:
+        return
+    # Imported here, in the main thread: importing registers exit handlers, which
+    # Python refuses once it is shutting down (an interrupt while Hydra composes).
+    from joblib import cpu_count
+
+    cpus = cpu_count()
+    n_workers = options.workers(cpus)
+    if n_workers < 2:
+        return  # one worker: joblib runs the jobs in this process
+    pool = LokyPool(options, n_workers)
+
+    def warm() -> None:
+        if threading.main_thread().is_alive():  # else the app is exiting: start nothing
+            # loky starts all the workers; wait for as many as can start at once. With
+            # more workers than CPUs, the first jobs need not wait for the last ones.
+            pool.warm(ready=min(n_workers, cpus))
+
+    _warming = threading.Thread(target=warm, name="hydra-joblib-launcher-warm-up")
+    _warming.start()
+
+
+def _wait_for_warm_up() -> None:
+    global _warming
+    thread, _warming = _warming, None
+    if thread is not None:
+        thread.join()
 
 
 @functools.lru_cache(maxsize=None)

@@ -13,6 +13,7 @@ into a file and read once per worker process, not sent with every job.
 """
 
 import functools
+import gc
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Tuple, cast
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
@@ -135,7 +136,51 @@ def _pickler_class() -> Any:
             types.CodeType: keep_filename,
         }
 
+        def reducer_override(self, obj: Any) -> Any:
+            if isinstance(obj, type) and _rebound(obj) is not None:
+                return _class_by_name, (obj.__module__, obj.__qualname__)
+            return super().reducer_override(obj)
+
     return Pickler
+
+
+# Modules whose classes a stored result may name: whoever reads it back (the
+# launcher resuming a sweep) has Hydra and this package.
+_BY_NAME = ("hydra.", f"{__package__}.")
+
+
+def _rebound(cls: type) -> Optional[type]:
+    """The class that ``cls``'s module now binds to its name, when that is another class.
+
+    Hydra's plugin scan executes plugin modules again (this package's config,
+    its own core plugins), so their names point to new classes while the
+    configs Hydra composed keep the first ones as structured-config types.
+    cloudpickle would send such a class by value, in every job's result; when
+    it comes from Hydra or this package, it goes by name. (Other plugins'
+    classes still go by value: a result must load where they are not installed.)
+    """
+    module = sys.modules.get(cls.__module__) if cls.__module__.startswith(_BY_NAME) else None
+    if module is None:
+        return None
+    try:
+        current: Any = functools.reduce(getattr, cls.__qualname__.split("."), module)
+    except AttributeError:
+        return None
+    if (
+        current is cls
+        or not isinstance(current, type)
+        or (current.__module__, current.__qualname__) != (cls.__module__, cls.__qualname__)
+    ):
+        return None
+    return current
+
+
+def _class_by_name(module: str, qualname: str) -> type:
+    import importlib
+
+    cls = functools.reduce(getattr, qualname.split("."), importlib.import_module(module))
+    assert isinstance(cls, type), "pickled by _rebound: a class"
+    return cls
 
 
 def capture_resolvers() -> Dict[str, bytes]:
@@ -168,12 +213,30 @@ def write_context(payload: bytes, path: Path) -> None:
     The file starts with this process's ``sys.path``, so that a fresh worker
     can import the app's own modules before it unpickles the task.
     """
+    global long_lived_worker
+    long_lived_worker = False  # this process is the user's app
     with open(path, "wb") as f:
         pickle.dump(list(sys.path), f)
         f.write(payload)
 
 
+def warm_worker(meeting_dir: str, count: int, wait_s: float = 10.0) -> int:
+    """Hold this worker until ``count`` workers hold one such task each (at most ``wait_s``).
+
+    Unpickling this function imports what jobs need (Hydra, this module); the
+    meeting makes ``count`` workers do so, not the first one ready ``count`` times.
+    """
+    Path(meeting_dir, str(os.getpid())).touch()
+    deadline = time.monotonic() + wait_s
+    while len(os.listdir(meeting_dir)) < count and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return os.getpid()
+
+
 _loaded: Dict[str, SharedContext] = {}
+# A process that runs job after job (loky, Dask, Ray) keeps what it loads for
+# the launch; not so the launching app itself, nor a process started for one job.
+long_lived_worker = True
 
 
 def load_context(path: str) -> SharedContext:
@@ -181,6 +244,9 @@ def load_context(path: str) -> SharedContext:
     context = _loaded.get(path)
     if context is not None:
         return context
+    _loaded.clear()  # one launch at a time: keep only the newest context
+    if long_lived_worker:
+        gc.unfreeze()
     with open(path, "rb") as f:
         sys_path = pickle.load(f)
         sys.path.extend(p for p in sys_path if p not in sys.path)
@@ -192,8 +258,12 @@ def load_context(path: str) -> SharedContext:
         if name not in BaseContainer._resolvers:
             BaseContainer._resolvers[name] = pickle.loads(resolver)
     Singleton.set_state(context.singleton_state)
-    _loaded.clear()  # one launch at a time: keep only the newest context
     _loaded[path] = context
+    if long_lived_worker:
+        # What is loaded now lives as long as the launch: keep it out of the
+        # garbage collector's full scans (loky's workers run one every second).
+        gc.collect()
+        gc.freeze()
     return context
 
 
@@ -208,8 +278,19 @@ def started_path(marker_dir: str, num: int) -> Path:
 
 
 def _write_started(spec: JobSpec) -> Tuple[Optional[str], Optional[str]]:
-    """Note where the job runs and logs; returns its output dir and log file."""
-    output_dir, log_file = _log_file(cast(DictConfig, HydraConfig.instance().cfg))
+    """Note where the job runs and logs; returns its output dir and log file.
+
+    Called as the task starts: Hydra has set the job's config and its logging up.
+    """
+    output_dir = str(HydraConfig.get().runtime.output_dir)
+    log_file = next(
+        (
+            handler.baseFilename
+            for handler in logging.getLogger().handlers
+            if isinstance(handler, logging.FileHandler)
+        ),
+        None,
+    )
     record = {
         "pid": os.getpid(),
         "host": socket.gethostname(),
@@ -408,7 +489,6 @@ def run_job_spec(spec: JobSpec) -> JobOutcome:
     try:
         with _time_limit(spec):
             config = _sweep_config(context, spec)
-            HydraConfig.instance().set_config(config)
             ret = run_job(
                 hydra_context=context.hydra_context,
                 task_function=_announced(context.task_function, spec, where_logged),

@@ -12,10 +12,11 @@ import sys
 
 
 def main(out_path: str) -> int:
-    from ._job import run_job_spec
+    from . import _job
 
+    _job.long_lived_worker = False
     spec = pickle.load(sys.stdin.buffer)
-    outcome = run_job_spec(spec)
+    outcome = _job.run_job_spec(spec)
     partial = f"{out_path}.partial"
     with open(partial, "wb") as f:
         pickle.dump(outcome, f)

@@ -46,6 +46,7 @@ class JoblibLauncher(Launcher):
         self.config = config
         self.hydra_context = hydra_context
         self.task_function = task_function
+        _start_workers(self.params)
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
@@ -59,6 +60,22 @@ class JoblibLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         with _interrupts_as_exceptions():
             return _launch(self, options, job_overrides, initial_job_idx)
+
+
+def _start_workers(params: Dict[str, Any]) -> None:
+    """Start the worker pool now, while Hydra composes the sweep's jobs, if the config is valid.
+
+    A config that is not is left for ``launch()`` to report.
+    """
+    from ._backends import warm_up
+    from ._options import validate
+
+    try:
+        options = validate(_plain(params))
+    except Exception as error:  # noqa: BLE001 - launch() validates again and says what is wrong
+        log.debug("Not starting workers before launch: %r", error)
+        return
+    warm_up(options)
 
 
 def _plain(params: Dict[str, Any]) -> Dict[str, Any]:

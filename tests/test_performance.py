@@ -1,0 +1,90 @@
+"""What the performance work promises, as behaviour a user can check (timings are in benchmarks/).
+
+* the loky workers start while Hydra composes the sweep (the launcher's setup), and
+  the batch runs on them;
+* a job's stored result holds its configs by reference to the classes their
+  modules define, not a copy of those classes, and loads back in a new interpreter.
+"""
+
+import pickle
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import APPS, jobs, run_app
+
+TINY = APPS / "tiny.py"
+
+
+@pytest.mark.slow
+def test_the_batch_runs_on_the_workers_started_ahead_of_it(tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    run = run_app(
+        TINY,
+        [
+            "--multirun",
+            "+x=range(0,6)",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            f"hydra.sweep.dir={sweep_dir}",
+            "hydra.verbose=hydra_plugins.hydra_joblib_launcher",
+        ],
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.output
+    started = re.search(r"Started \d workers ahead of the batch: processes ([\d, ]+)", run.output)
+    assert started, run.output
+    ahead = {int(pid) for pid in started.group(1).split(", ")}
+    ran_on = {job["pid"] for job in jobs(sweep_dir)}
+    # the batch reused them (a new pool would have new processes), and no third one started
+    assert ahead <= ran_on and len(ran_on) == 2, (ran_on, ahead)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["loky", "multiprocessing"])
+def test_a_stored_result_refers_to_the_config_classes_by_name(tmp_path: Path, backend: str) -> None:
+    sweep_dir = tmp_path / "sweep"
+    run = run_app(
+        TINY,
+        [
+            "--multirun",
+            "+x=1,2",
+            "hydra/launcher=joblib",
+            f"hydra.launcher.backend={backend}",
+            f"hydra.sweep.dir={sweep_dir}",
+        ],
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.output
+    stored = (sweep_dir / "0" / ".hydra" / "job_return.pkl").read_bytes()
+    # cloudpickle's way of sending a class by value: no class travels with the result
+    assert b"_make_skeleton_class" not in stored
+    with pytest.raises(AttributeError):
+        pickle.loads(stored.replace(b"JobLibLauncherConf", b"NoSuchLauncherConf"))
+
+    check = (
+        "import pickle, sys\n"
+        "from omegaconf import OmegaConf\n"
+        "from hydra_plugins.hydra_joblib_launcher.config import JobLibLauncherConf\n"
+        "ret = pickle.load(open(sys.argv[1], 'rb'))\n"
+        "node = ret.hydra_cfg.hydra.launcher\n"
+        "assert OmegaConf.get_type(node) is JobLibLauncherConf, OmegaConf.get_type(node)\n"
+        "print(ret.return_value > 0, node.backend)\n"
+    )
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-Werror",
+            "-c",
+            check,
+            str(sweep_dir / "0" / ".hydra" / "job_return.pkl"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert loaded.returncode == 0, loaded.stdout + loaded.stderr
+    assert loaded.stdout.split() == ["True", backend]
