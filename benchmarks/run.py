@@ -34,6 +34,9 @@ released, basic, this, released, ...):
   c   2 trivial jobs: time from the command's start to the first job's start
   d   2000 and 100 trivial jobs: wall time, peak RSS; with c (2 jobs) they show how
       wall time grows with the number of jobs (per-job cost 2->100 vs 100->2000)
+  e   a on the embedded Dask cluster (``this-dask``: this launcher with
+      ``hydra.launcher.backend=dask``, a LocalCluster it starts itself) against basic;
+      1.2.0 cannot start a cluster, so it has no row
 
 Both joblib launchers run with ``hydra.launcher.n_jobs=2``.
 """
@@ -61,6 +64,8 @@ REPO = HERE.parent
 APP = HERE / "apps" / "bench_app.py"
 RELEASED = "hydra-joblib-launcher==1.2.0"
 LAUNCHERS = ("basic", "this", "released")
+DASK = "this-dask"  # this launcher on its embedded Dask cluster: scenario e only
+ORDER = (*LAUNCHERS, DASK)
 N_JOBS = 2  # hydra.launcher.n_jobs for both joblib launchers
 PACKAGES = ("hydra-core", "omegaconf", "antlr4-python3-runtime", "joblib", "cloudpickle", "hydra-joblib-launcher")
 
@@ -140,7 +145,7 @@ def build_this_env(cache: Path, base_python: str) -> Path:
     SNAPSHOT_OF.update(git_state())
     _snapshot_repo(snapshot)
     log(f"installing this repo ({REPO}) into {env_dir} (pip install, not editable) ...")
-    _run_logged([python, "-m", "pip", "install", str(snapshot)], log_file)
+    _run_logged([python, "-m", "pip", "install", f"{snapshot}[dask]"], log_file)
     # A local directory of an unchanged version may be taken as already installed: force it.
     _run_logged([python, "-m", "pip", "install", "--no-deps", "--force-reinstall", str(snapshot)], log_file)
     shutil.rmtree(snapshot, ignore_errors=True)
@@ -336,7 +341,8 @@ class Run:
 def launcher_overrides(launcher: str) -> List[str]:
     if launcher == "basic":
         return ["hydra/launcher=basic"]
-    return ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={N_JOBS}"]
+    joblib = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={N_JOBS}"]
+    return [*joblib, "hydra.launcher.backend=dask"] if launcher == DASK else joblib
 
 
 def run_once(
@@ -438,6 +444,12 @@ class Scenario:
     reps: int
     what: str
 
+    def launchers(self, chosen: Sequence[str]) -> List[str]:
+        """Who runs this scenario, of the launchers chosen on the command line."""
+        if self.name == "e":
+            return ["basic", DASK] if "this" in chosen else ["basic"]
+        return list(chosen)
+
 
 def scenarios(args: argparse.Namespace) -> List[Scenario]:
     chosen = set(args.scenarios.split(","))
@@ -451,6 +463,8 @@ def scenarios(args: argparse.Namespace) -> List[Scenario]:
     if "d" in chosen:
         for size in args.d_sizes:
             out.append(Scenario(f"d-{size}", size, "trivial", args.reps_d, f"{size} trivial jobs"))
+    if "e" in chosen:
+        out.append(Scenario("e", 8, "cpu", args.reps, "8 CPU-bound jobs of ~1 s, this launcher on Dask"))
     return out
 
 
@@ -477,7 +491,7 @@ def run_scenario(
 ) -> List[Run]:
     runs = []
     for rep in range(scenario.reps):
-        for launcher in launchers:
+        for launcher in scenario.launchers(launchers):
             for attempt in range(1, quiet.retries + 1):
                 waited = wait_until_quiet(quiet.max_foreign, quiet.wait_s)
                 run = run_once(
@@ -527,7 +541,7 @@ def summarize(
     for scenario in scenario_list:
         basic_wall = None
         basic_first = None
-        for launcher in launchers:
+        for launcher in scenario.launchers(launchers):
             mine = [r for r in runs if r.scenario == scenario.name and r.launcher == launcher]
             again = [r for r in discarded if r.scenario == scenario.name and r.launcher == launcher]
             good = [r for r in mine if r.ok]
@@ -686,7 +700,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=None, help="repetitions of a, b and c (default 5)")
     parser.add_argument("--reps-d", type=int, default=None, help="repetitions of d (default 3)")
     parser.add_argument("--d-sizes", default=None, help="numbers of jobs for d (default 100,2000)")
-    parser.add_argument("--scenarios", default="a,b,c,d", help="which of a,b,c,d to run (default all)")
+    parser.add_argument("--scenarios", default="a,b,c,d,e", help="which of a,b,c,d,e to run (default all)")
     parser.add_argument("--launchers", default=",".join(LAUNCHERS), help="default basic,this,released")
     parser.add_argument("--python", default=None,
                         help="an interpreter with this launcher installed, used for basic and this "
@@ -724,7 +738,7 @@ def _env_pythons(args: argparse.Namespace, launchers: Sequence[str]) -> Dict[str
         this = Path(args.python)
     else:
         this = build_this_env(args.env_dir, args.base_python)
-    pythons = {"basic": this, "this": this}
+    pythons = {"basic": this, "this": this, DASK: this}
     if "released" in launchers:
         pythons["released"] = build_released_env(args.env_dir, args.base_python, package_versions(this))
     return pythons
@@ -785,7 +799,7 @@ def full(args: argparse.Namespace) -> int:
         if name in pythons:
             log(f"{name:8}: {plugin_check(pythons[name])}")
     subreaper = become_subreaper()
-    loops = calibrate_loops(pythons["this"]) if "a" in args.scenarios else 0
+    loops = calibrate_loops(pythons["this"]) if {"a", "e"} & set(args.scenarios.split(",")) else 0
     info = machine()
     log(f"machine: {info}")
     log(f"versions: {json.dumps(versions)}")
@@ -796,7 +810,8 @@ def full(args: argparse.Namespace) -> int:
     discarded: List[Run] = []
     started = time.time()
     try:
-        _warm_up(pythons, launchers, workdir, args.timeout)
+        _warm_up(pythons, sorted({name for s in scenario_list for name in s.launchers(launchers)}, key=ORDER.index),
+                 workdir, args.timeout)  # fmt: skip
         for scenario in scenario_list:
             log(f"scenario {scenario.name}: {scenario.what}, {scenario.reps} alternating repetitions")
             runs += run_scenario(scenario, pythons, launchers, loops=loops, workdir=workdir,
