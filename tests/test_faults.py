@@ -21,21 +21,26 @@ BACKENDS = ["loky", "multiprocessing"]
 NAMES = "abcdef"
 
 
-def launcher_args(backend: str, sweep_dir: Path) -> List[str]:
+def launcher_args(backend: str, sweep_dir: Path, n_jobs: int = 2) -> List[str]:
     return [
         "-m",
         "hydra/launcher=joblib",
         f"hydra.launcher.backend={backend}",
-        "hydra.launcher.n_jobs=2",
+        f"hydra.launcher.n_jobs={n_jobs}",
         "hydra.launcher.progress=none",
         f"hydra.sweep.dir={sweep_dir}",
     ]
 
 
-def sweep(backend: str, sweep_dir: Path, *extra: str, timeout: float = 180) -> Run:
+def sweep(backend: str, sweep_dir: Path, *extra: str, timeout: float = 180, n_jobs: int = 2) -> Run:
     return run_app(
         APPS / "faulty.py",
-        [*launcher_args(backend, sweep_dir), f"+name={','.join(NAMES)}", "+work=0.3", *extra],
+        [
+            *launcher_args(backend, sweep_dir, n_jobs),
+            f"+name={','.join(NAMES)}",
+            "+work=0.3",
+            *extra,
+        ],
         cwd=sweep_dir.parent,
         timeout=timeout,
     )
@@ -100,6 +105,17 @@ def test_a_job_past_its_timeout_is_stopped_alone(backend: str, sweep_dir: Path) 
     others_finished(sweep_dir)
     assert "JobTimeout: job #2 ran longer than hydra.launcher.timeout=3s" in run.output
     assert run.seconds < 60  # the job sleeps 600 s
+
+
+@pytest.mark.parametrize("mode", ["exit", "sigkill"])
+def test_with_one_worker_a_crash_still_costs_only_its_job(mode: str, sweep_dir: Path) -> None:
+    # joblib alone would run a one-worker loky call in the launching process
+    run = sweep("loky", sweep_dir, f"+modes.c={mode}", n_jobs=1)
+
+    assert run.returncode != 0
+    others_finished(sweep_dir)
+    assert "WorkerCrashed: job #2" in run.output
+    assert "Batch done" in run.output and "5 completed, 1 failed" in run.output
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

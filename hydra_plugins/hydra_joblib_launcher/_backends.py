@@ -111,11 +111,18 @@ class LokyPool:
         from joblib import Parallel, parallel_config
 
         options = self._options
+        n_jobs = self._n_workers
+        pre_dispatch: Any = pre_dispatch_count(options.pre_dispatch, n_jobs)
+        if n_jobs == 1:
+            # joblib runs a one-worker loky call in this process, where a job that
+            # crashes or overruns would take the sweep with it: two workers, one
+            # job at a time.
+            n_jobs, pre_dispatch = 2, 1
         settings = dict(
-            n_jobs=self._n_workers,
+            n_jobs=n_jobs,
             return_as="generator_unordered",
             verbose=options.verbose,
-            pre_dispatch=pre_dispatch_count(options.pre_dispatch, self._n_workers),
+            pre_dispatch=pre_dispatch,
             batch_size=options.batch_size,
             temp_folder=options.temp_folder,
             max_nbytes=options.max_nbytes,
@@ -203,8 +210,6 @@ def warm_up(options: LaunchOptions) -> None:
 
     cpus = cpu_count()
     n_workers = options.workers(cpus)
-    if n_workers < 2:
-        return  # one worker: joblib runs the jobs in this process
     pool = LokyPool(options, n_workers)
 
     def warm() -> None:
