@@ -35,7 +35,7 @@ def test_the_batch_runs_on_the_workers_started_ahead_of_it(tmp_path: Path) -> No
         cwd=tmp_path,
     )
     assert run.returncode == 0, run.output
-    started = re.search(r"Started \d workers ahead of the batch: processes ([\d, ]+)", run.output)
+    started = re.search(r"Workers ready ahead of the batch: processes ([\d, ]+)", run.output)
     assert started, run.output
     ahead = {int(pid) for pid in started.group(1).split(", ")}
     ran_on = {job["pid"] for job in jobs(sweep_dir)}

@@ -142,10 +142,7 @@ class LokyPool:
             tasks = (delayed(warm_worker)(meeting, ready) for _ in range(ready))
             with self._parallel(verbose=verbose, batch_size=1, pre_dispatch="all") as parallel:
                 pids = sorted(set(parallel(tasks)))
-            log.debug(
-                f"Started {len(pids)} workers ahead of the batch: processes "
-                f"{', '.join(map(str, pids))}"
-            )
+            log.debug(f"Workers ready ahead of the batch: processes {', '.join(map(str, pids))}")
         except Exception as error:  # noqa: BLE001 - the batch starts its workers itself then
             log.debug("Starting the workers ahead of the batch failed: %r", error)
         finally:
