@@ -311,21 +311,26 @@ def test_a_scheduler_that_gives_up_on_a_task_fails_that_job_only(
     assert "more times than the Dask scheduler allows (KilledWorker" in run.output
 
 
-def test_an_unreachable_scheduler_is_one_clear_error_in_bounded_time(tmp_path: Path) -> None:
-    pytest.importorskip("distributed")
-    address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
-    run = run_app(
+def example_at(address: str, tmp_path: Path, *extra: str) -> Run:
+    """The example's two-job sweep, sent to the Dask scheduler at ``address``."""
+    return run_app(
         EXAMPLE,
         [
             "-m",
             "task=1,2",
             *DASK,
             f"hydra.launcher.dask.address={address}",
-            "hydra.launcher.dask.connect_timeout=3",
+            *extra,
             "hydra.sweep.dir=sweep",
         ],
         cwd=tmp_path,
     )
+
+
+def test_an_unreachable_scheduler_is_one_clear_error_in_bounded_time(tmp_path: Path) -> None:
+    pytest.importorskip("distributed")
+    address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
+    run = example_at(address, tmp_path, "hydra.launcher.dask.connect_timeout=3")
     assert_clear_error(
         run,
         f"Cannot reach the Dask scheduler at hydra.launcher.dask.address={address}",
@@ -341,18 +346,7 @@ def test_an_address_that_is_not_a_scheduler_is_one_clear_error(tmp_path: Path) -
         server.bind(("127.0.0.1", 0))
         server.listen()
         address = f"tcp://127.0.0.1:{server.getsockname()[1]}"
-        run = run_app(
-            EXAMPLE,
-            [
-                "-m",
-                "task=1,2",
-                *DASK,
-                f"hydra.launcher.dask.address={address}",
-                "hydra.launcher.dask.connect_timeout=3",
-                "hydra.sweep.dir=sweep",
-            ],
-            cwd=tmp_path,
-        )
+        run = example_at(address, tmp_path, "hydra.launcher.dask.connect_timeout=3")
     assert_clear_error(run, f"answers at hydra.launcher.dask.address={address}, but not as a Dask")
     assert run.seconds < 20, run.seconds
 
@@ -360,17 +354,7 @@ def test_an_address_that_is_not_a_scheduler_is_one_clear_error(tmp_path: Path) -
 def test_a_worker_with_two_threads_is_refused(procs: Processes, tmp_path: Path) -> None:
     cluster = DaskCluster(procs)
     cluster.add_worker("--nthreads", "2")
-    run = run_app(
-        EXAMPLE,
-        [
-            "-m",
-            "task=1,2",
-            *DASK,
-            f"hydra.launcher.dask.address={cluster.address}",
-            "hydra.sweep.dir=sweep",
-        ],
-        cwd=tmp_path,
-    )
+    run = example_at(cluster.address, tmp_path)
     assert_clear_error(run, "(2 threads)", "--nthreads 1")
     assert not (tmp_path / "sweep" / "jobs.jsonl").exists()
 
