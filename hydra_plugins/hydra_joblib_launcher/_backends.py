@@ -199,8 +199,10 @@ def warm_up(options: LaunchOptions) -> None:
     cluster: nothing to warm.
     """
     global _warming
-    if options.backend != "loky" or options.devices is not None or _warming is not None:
+    if options.backend != "loky" or options.devices is not None:
         return
+    if _warming is not None and _warming.is_alive():
+        return  # a warm-up is under way (a finished one that no batch joined is stale)
     # Imported here, in the main thread: importing registers exit handlers, which
     # Python refuses once it is shutting down (an interrupt while Hydra composes).
     from joblib import cpu_count
