@@ -172,6 +172,10 @@ def test_the_sweeper_receives_every_return_value_after_resume(resumed: Resumed) 
     assert [r["status"] for r in returns] == ["COMPLETED"] * 6
     assert [r["return_value"] for r in returns] == [expected_value(n) for n in NAMES]
     assert [r["overrides"][0] for r in returns] == [f"+name={n}" for n in NAMES]
+    # each with its own configs, those run now and those read back from disk alike
+    assert [r["cfg_name"] for r in returns] == list(NAMES)
+    assert [r["job_num"] for r in returns] == list(range(6))
+    assert all(r["copy_equal"] for r in returns), returns
 
 
 def test_every_job_is_completed_on_disk_with_its_return_value(resumed: Resumed) -> None:
@@ -188,6 +192,7 @@ def test_every_job_is_completed_on_disk_with_its_return_value(resumed: Resumed) 
         assert isinstance(ret, JobReturn)
         assert ret.status == JobStatus.COMPLETED
         assert ret.return_value == expected_value(NAMES[num])
+        assert ret.cfg.name == NAMES[num] and ret.hydra_cfg.hydra.job.num == num
 
 
 def test_resume_of_a_complete_sweep_runs_nothing(resumed: Resumed) -> None:

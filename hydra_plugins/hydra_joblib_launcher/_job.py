@@ -12,6 +12,7 @@ context, the singleton state, custom resolvers) is pickled once per launch
 into a file and read once per worker process, not sent with every job.
 """
 
+import dataclasses
 import functools
 import gc
 import json
@@ -77,7 +78,7 @@ class JobOutcome:
 
     num: int
     completed: bool
-    payload: bytes  # the pickled JobReturn
+    payload: bytes  # the pickled JobReturn, without the two configs when ``configs`` has them
     started: float
     ended: float
     host: str
@@ -87,15 +88,99 @@ class JobOutcome:
     error_type: Optional[str] = None
     error: Optional[str] = None
     devices: Optional[Tuple[str, ...]] = None
+    configs: bytes = b""  # the JobReturn's (cfg, hydra_cfg), pickled apart from the rest
 
     @property
     def duration_s(self) -> float:
         return self.ended - self.started
 
     def job_return(self) -> JobReturn:
+        """The job's JobReturn; its configs are unpickled only when read (see :class:`LazyConfigs`)."""
         ret = pickle.loads(self.payload)
         assert isinstance(ret, JobReturn), "payloads are written by this module"
-        return ret
+        return LazyConfigs(ret, self.configs) if self.configs else ret
+
+    def stored_return(self) -> bytes:
+        """The whole JobReturn as one pickle, for a file: it unpickles to a plain JobReturn."""
+        if not self.configs:
+            return self.payload
+        return pickle.dumps(_Parts(self.payload, self.configs), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+class LazyConfigs(JobReturn):
+    """A JobReturn whose ``cfg`` and ``hydra_cfg`` are unpickled the first time one is read.
+
+    They are most of a result, and sweepers mostly read ``return_value``
+    alone: unpickling them for every job as results arrive took the launching
+    process 1.4 ms a job, CPU the workers need, and kept a whole sweep's
+    configs in memory. It equals a JobReturn of the same fields; copied or
+    pickled, it becomes a plain one.
+    """
+
+    _cfg: Optional[DictConfig]
+    _hydra_cfg: Optional[DictConfig]
+
+    def __init__(self, head: JobReturn, configs: bytes) -> None:
+        self._configs = b""
+        super().__init__(**_fields_of(head))
+        self._configs = configs
+
+    def _load(self) -> None:
+        configs, self._configs = self._configs, b""
+        if configs:
+            self._cfg, self._hydra_cfg = pickle.loads(configs)
+
+    @property
+    def cfg(self) -> Optional[DictConfig]:
+        self._load()
+        return self._cfg
+
+    @cfg.setter
+    def cfg(self, value: Optional[DictConfig]) -> None:
+        self._load()
+        self._cfg = value
+
+    @property
+    def hydra_cfg(self) -> Optional[DictConfig]:
+        self._load()
+        return self._hydra_cfg
+
+    @hydra_cfg.setter
+    def hydra_cfg(self, value: Optional[DictConfig]) -> None:
+        self._load()
+        self._hydra_cfg = value
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, JobReturn):
+            return NotImplemented
+        return _fields_of(self) == _fields_of(other)
+
+    __hash__ = None  # type: ignore[assignment]  # as JobReturn's
+
+    def __reduce__(self) -> Any:
+        return JobReturn, (), _fields_of(self)
+
+
+def _fields_of(ret: JobReturn) -> Dict[str, Any]:
+    return {f.name: getattr(ret, f.name) for f in dataclasses.fields(JobReturn)}
+
+
+class _Parts:
+    """Pickles to the JobReturn that :func:`_joined` makes of its two pickled parts."""
+
+    def __init__(self, head: bytes, configs: bytes) -> None:
+        self.head = head
+        self.configs = configs
+
+    def __reduce__(self) -> Any:
+        return _joined, (self.head, self.configs)
+
+
+def _joined(head: bytes, configs: bytes) -> JobReturn:
+    ret = pickle.loads(head)
+    assert isinstance(ret, JobReturn), "stored by JobOutcome.stored_return"
+    ret.cfg, ret.hydra_cfg = pickle.loads(configs)
+    return ret
 
 
 def dumps(obj: Any) -> bytes:
@@ -453,20 +538,23 @@ def _sendable_error(error: BaseException) -> BaseException:
         return RemoteJobError(f"{type(error).__name__}: {error}\n{text}")
 
 
-def _pickle_return(ret: JobReturn, spec: JobSpec) -> Tuple[bytes, JobReturn]:
+def _pickle_return(ret: JobReturn, spec: JobSpec) -> Tuple[bytes, bytes, JobReturn]:
+    """``ret`` without its configs, pickled; its (cfg, hydra_cfg), pickled; and ``ret``."""
     if ret.status == JobStatus.FAILED:
         ret._return_value = _sendable_error(ret._return_value)
+    configs = dumps((ret.cfg, ret.hydra_cfg)) if ret.cfg is not None else b""
+    head = dataclasses.replace(ret, cfg=None, hydra_cfg=None) if configs else ret
     try:
-        return dumps(ret), ret
+        return dumps(head), configs, ret
     except Exception as error:  # noqa: BLE001
         value = ret._return_value
-        ret._return_value = ResultNotSendable(
+        ret._return_value = head._return_value = ResultNotSendable(
             f"job #{spec.num} ({' '.join(spec.overrides)}) returned a {type(value).__name__} "
             f"that cannot be pickled back to the launcher ({error}). Return plain data "
             "(numbers, strings, lists, dicts, arrays), or define its class at module level."
         )
-        ret.status = JobStatus.FAILED
-        return dumps(ret), ret
+        ret.status = head.status = JobStatus.FAILED
+        return dumps(head), configs, ret
 
 
 def _describe(error: Any) -> Tuple[str, str]:
@@ -501,7 +589,7 @@ def run_job_spec(spec: JobSpec) -> JobOutcome:
         ret._return_value = error
     if spec.max_worker_deaths is not None:
         attempts_path(spec.marker_dir, spec.num).unlink(missing_ok=True)
-    payload, ret = _pickle_return(ret, spec)
+    payload, configs, ret = _pickle_return(ret, spec)
     output_dir, log_file = where_logged.get("paths") or _log_file(ret.hydra_cfg)
     error_type = error_text = None
     if ret.status != JobStatus.COMPLETED:
@@ -519,6 +607,7 @@ def run_job_spec(spec: JobSpec) -> JobOutcome:
         error_type=error_type,
         error=error_text,
         devices=_devices(spec),
+        configs=configs,
     )
 
 

@@ -126,7 +126,7 @@ class Reporter:
     # -- events ----------------------------------------------------------------
     def job_ended(self, outcome: JobOutcome) -> None:
         with self._lock:  # the figures only: the pickled result is written below, not kept
-            self.ended[outcome.num] = replace(outcome, payload=b"")
+            self.ended[outcome.num] = replace(outcome, payload=b"", configs=b"")
         if not outcome.completed:
             where = (
                 outcome.log_file or outcome.output_dir or "no log: the job did not start logging"
@@ -161,7 +161,7 @@ class Reporter:
             path = return_file(outcome.output_dir)
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(outcome.payload)
+                path.write_bytes(outcome.stored_return())
                 record["return_file"] = str(path)
             except OSError as error:
                 log.warning(f"#{outcome.num}: cannot keep its result for resume ({error})")

@@ -3,10 +3,12 @@
 Tests put ``tests/apps/sweeper_plugin`` on PYTHONPATH and choose
 ``hydra/sweeper=recording``: after the sweep, ``<sweep dir>/returns.json``
 lists every job's overrides, status and return value, in the order the
-launcher returned them; that is what any sweeper (Optuna, Nevergrad, ...)
-would see.
+launcher returned them, with the ``name`` in each job's config, its job number
+in its Hydra config, and whether a deep copy of the result equals it; that
+is what any sweeper (Optuna, Nevergrad, ...) would see.
 """
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,10 @@ class RecordingSweeper(BasicSweeper):
                 "overrides": list(ret.overrides or []),
                 "status": ret.status.name,
                 "return_value": ret.return_value,
+                # the job's own configs, and the result whole in a copy
+                "cfg_name": ret.cfg.get("name") if ret.cfg is not None else None,
+                "job_num": ret.hydra_cfg.hydra.job.num if ret.hydra_cfg is not None else None,
+                "copy_equal": copy.deepcopy(ret) == ret,
             }
             for batch in batches
             for ret in batch
