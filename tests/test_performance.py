@@ -2,10 +2,14 @@
 
 * the loky workers start while Hydra composes the sweep (the launcher's setup), and
   the batch runs on them;
+* a batch whose shared context is the previous batch's reuses its file (and the
+  workers what they loaded), and one whose context changed (a resolver the
+  sweeper registers between batches) does not;
 * a job's stored result holds its configs by reference to the classes their
   modules define, not a copy of those classes, and loads back in a new interpreter.
 """
 
+import json
 import pickle
 import re
 import subprocess
@@ -41,6 +45,34 @@ def test_the_batch_runs_on_the_workers_started_ahead_of_it(tmp_path: Path) -> No
     ran_on = {job["pid"] for job in jobs(sweep_dir)}
     # the batch reused them (a new pool would have new processes), and no third one started
     assert ahead <= ran_on and len(ran_on) == 2, (ran_on, ahead)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["loky", "multiprocessing"])
+def test_each_batch_sees_what_the_launching_process_holds_when_it_starts(
+    tmp_path: Path, backend: str
+) -> None:
+    sweep_dir = tmp_path / "sweep"
+    run = run_app(
+        APPS / "paced.py",
+        [
+            "--multirun",
+            "hydra/launcher=joblib",
+            f"hydra.launcher.backend={backend}",
+            "hydra/sweeper=recording",  # registers ${recording_batch:} anew before each batch
+            "hydra.sweeper.max_batch_size=2",
+            "hydra.launcher.n_jobs=2",
+            f"hydra.sweep.dir={sweep_dir}",
+            "+x=1,2,3,4,5",
+            "+name=${recording_batch:}",
+        ],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(APPS / "sweeper_plugin")},
+    )
+    assert run.returncode == 0, run.output
+    returns = json.loads((sweep_dir / "returns.json").read_text())
+    # resolved in the workers, each job with the resolver of its own batch
+    assert [r["return_value"]["name"] for r in returns] == ["1", "1", "2", "2", "3"], returns
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ into a file and read once per worker process, not sent with every job.
 import dataclasses
 import functools
 import gc
+import hashlib
 import json
 import logging
 import os
@@ -292,17 +293,23 @@ def pickle_context(context: SharedContext) -> bytes:
     return bytes(dumps(context))
 
 
-def write_context(payload: bytes, path: Path) -> None:
-    """Write a pickled context to ``path`` once, for every worker to read.
+def write_context(payload: bytes, directory: Path) -> Path:
+    """Write a pickled context into ``directory``, for every worker to read; its path.
 
     The file starts with this process's ``sys.path``, so that a fresh worker
-    can import the app's own modules before it unpickles the task.
+    can import the app's own modules before it unpickles the task. It is
+    named after its content: a batch whose context is the previous batch's
+    finds the file there, and the workers that loaded it do not load it again.
     """
     global long_lived_worker
     long_lived_worker = False  # this process is the user's app
-    with open(path, "wb") as f:
-        pickle.dump(list(sys.path), f)
-        f.write(payload)
+    content = pickle.dumps(list(sys.path)) + payload
+    path = directory / f"context-{hashlib.sha256(content).hexdigest()[:24]}.pkl"
+    if not path.exists():
+        partial = path.with_suffix(".partial")
+        partial.write_bytes(content)
+        os.replace(partial, path)
+    return path
 
 
 def warm_worker(meeting_dir: str, count: int, wait_s: float = 10.0) -> int:
@@ -325,11 +332,11 @@ long_lived_worker = True
 
 
 def load_context(path: str) -> SharedContext:
-    """Read the launch's context once per process, and install its global state."""
+    """Read a launch's context once per process, and install its global state."""
     context = _loaded.get(path)
     if context is not None:
         return context
-    _loaded.clear()  # one launch at a time: keep only the newest context
+    _loaded.clear()  # keep only the newest context
     if long_lived_worker:
         gc.unfreeze()
     with open(path, "rb") as f:

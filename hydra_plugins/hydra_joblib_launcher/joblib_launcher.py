@@ -3,6 +3,8 @@
 launch(job_overrides) ─▶ validate(config) ─▶ [JobSpec] ─▶ pool ─▶ supervise ─▶ [JobReturn]
 """
 
+import atexit
+import functools
 import logging
 import shutil
 import signal
@@ -78,6 +80,17 @@ def _start_workers(params: Dict[str, Any]) -> None:
     warm_up(options)
 
 
+@functools.lru_cache(maxsize=None)
+def _local_context_dir() -> Path:
+    """Where this process keeps the contexts it sends to workers on this machine, until it exits.
+
+    A context file outlives its batch: the next batch, with the same bytes, reuses it.
+    """
+    path = Path(tempfile.mkdtemp(prefix="hydra-joblib-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 def _plain(params: Dict[str, Any]) -> Dict[str, Any]:
     return {
         key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
@@ -111,7 +124,9 @@ def _launch(
         tempfile.mkdtemp(prefix=".hydra-joblib-", dir=sweep_dir if options.distributed else None)
     )
     try:
-        context_file = _send_once(launcher, run_dir)
+        context_file = _send_once(
+            launcher, run_dir if options.distributed else _local_context_dir()
+        )
         specs = [
             JobSpec(
                 num=num,
@@ -188,8 +203,8 @@ def _log_launch(
         log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
 
 
-def _send_once(launcher: JoblibLauncher, run_dir: Path) -> Path:
-    """Pickle what every job shares into ``run_dir`` once; one clear error if it cannot be."""
+def _send_once(launcher: JoblibLauncher, directory: Path) -> Path:
+    """Pickle what every job shares into a file in ``directory``; one clear error if it cannot be."""
     from ._job import SharedContext, capture_resolvers, pickle_context, write_context
 
     assert launcher.config is not None, "checked by launch()"
@@ -210,9 +225,7 @@ def _send_once(launcher: JoblibLauncher, run_dir: Path) -> Path:
             "uses, at module level (not inside another function), and keep open files, "
             "locks and connections out of the config and of global state the task refers to."
         ) from None
-    path = run_dir / "context.pkl"
-    write_context(payload, path)
-    return path
+    return write_context(payload, directory)
 
 
 def _run(

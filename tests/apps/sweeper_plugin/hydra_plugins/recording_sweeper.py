@@ -5,7 +5,10 @@ Tests put ``tests/apps/sweeper_plugin`` on PYTHONPATH and choose
 lists every job's overrides, status and return value, in the order the
 launcher returned them, with the ``name`` in each job's config, its job number
 in its Hydra config, and whether a deep copy of the result equals it; that
-is what any sweeper (Optuna, Nevergrad, ...) would see.
+is what any sweeper (Optuna, Nevergrad, ...) would see. Before each batch it
+registers the resolver ``recording_batch`` anew: ``${recording_batch:}`` is the
+number of the batch (1, 2, ...), a change of the launching process's state
+between batches that the jobs must see.
 """
 
 import copy
@@ -16,6 +19,7 @@ from typing import Any, Dict, List, Optional
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
 
 @dataclass
@@ -30,6 +34,20 @@ ConfigStore.instance().store(group="hydra/sweeper", name="recording", node=Recor
 
 class RecordingSweeper(BasicSweeper):
     def sweep(self, arguments: List[str]) -> Any:
+        assert self.launcher is not None
+        launch = self.launcher.launch
+        launched = 0
+
+        def launch_numbered(job_overrides: Any, initial_job_idx: int) -> Any:
+            # ``${recording_batch:}`` is 1 in the jobs of the first batch, 2 in the next...
+            nonlocal launched
+            launched += 1
+            OmegaConf.register_new_resolver(
+                "recording_batch", lambda batch=launched: batch, replace=True
+            )
+            return launch(job_overrides, initial_job_idx)
+
+        self.launcher.launch = launch_numbered  # type: ignore[method-assign]
         batches = super().sweep(arguments)
         assert self.config is not None
         seen = [
