@@ -2,9 +2,9 @@
 
 * the loky workers start while Hydra composes the sweep (the launcher's setup), and
   the batch runs on them;
-* a batch whose shared context is the previous batch's reuses its file (and the
-  workers what they loaded), and one whose context changed (a resolver the
-  sweeper registers between batches) does not;
+* a batch reuses the previous batch's shared-context file only when the bytes
+  are the same: a resolver the sweeper registers between batches reaches the
+  jobs of the next batch;
 * a job's stored result holds its configs by reference to the classes their
   modules define, not a copy of those classes, and loads back in a new interpreter.
 """
