@@ -2,6 +2,8 @@
 
 * the loky workers start while Hydra composes the sweep (the launcher's setup), and
   the batch runs on them;
+* forked from a server process that has loaded what jobs need, they still limit
+  the native thread pools of each job to its share of the CPUs, as joblib does;
 * a batch reuses the previous batch's shared-context file only when the bytes
   are the same: a resolver the sweeper registers between batches reaches the
   jobs of the next batch;
@@ -10,12 +12,15 @@
 """
 
 import json
+import os
 import pickle
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
+import joblib
 import pytest
 
 from conftest import APPS, jobs, run_app
@@ -45,6 +50,38 @@ def test_the_batch_runs_on_the_workers_started_ahead_of_it(tmp_path: Path) -> No
     ran_on = {job["pid"] for job in jobs(sweep_dir)}
     # the batch reused them (a new pool would have new processes), and no third one started
     assert ahead <= ran_on and len(ran_on) == 2, (ran_on, ahead)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("limit", [None, 3])
+def test_loky_workers_limit_native_threads_before_a_job_imports_anything(
+    tmp_path: Path, limit: Optional[int]
+) -> None:
+    sweep_dir = tmp_path / "sweep"
+    run = run_app(
+        APPS / "threads.py",
+        [
+            "--multirun",
+            "+x=1,2,3,4",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            f"hydra.launcher.inner_max_num_threads={'null' if limit is None else limit}",
+            f"hydra.sweep.dir={sweep_dir}",
+        ],
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.output
+    seen = [json.loads(path.read_text()) for path in sorted(sweep_dir.glob("*/threads.json"))]
+    assert len(seen) == 4, run.output
+    # joblib's rule: the configured limit; else what the shell set, else each of
+    # the 2 workers its share of the CPUs
+    share = str(max(joblib.cpu_count() // 2, 1))
+    expected = {
+        name: str(limit) if limit is not None else os.environ.get(name, share)
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+    }
+    for job in seen:
+        assert {name: job[name] for name in expected} == expected, job
 
 
 @pytest.mark.slow

@@ -312,6 +312,11 @@ def write_context(payload: bytes, directory: Path) -> Path:
     return path
 
 
+def update_environ(environ: Dict[str, str]) -> None:
+    """Set a worker's environment variables as it starts (before any job runs)."""
+    os.environ.update(environ)
+
+
 def warm_worker(meeting_dir: str, count: int, wait_s: float = 10.0) -> int:
     """Hold this worker until ``count`` workers hold one such task each (at most ``wait_s``).
 
