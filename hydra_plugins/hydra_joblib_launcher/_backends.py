@@ -238,11 +238,11 @@ def _wait_for_warm_up() -> None:
 
 
 # What a worker forked from the server has loaded before its first job: joblib's
-# worker loop, and Hydra with its config composition.
+# worker loop, Hydra's config composition, and what _fork_server prepares.
 FORKSERVER_PRELOAD = (
     "joblib.externals.loky.process_executor",
     "hydra._internal.config_loader_impl",
-    "hydra_plugins.hydra_joblib_launcher._job",
+    "hydra_plugins.hydra_joblib_launcher._fork_server",
 )
 
 

@@ -341,9 +341,9 @@ def load_context(path: str) -> SharedContext:
     context = _loaded.get(path)
     if context is not None:
         return context
+    if long_lived_worker and _loaded:
+        gc.unfreeze()  # what the previous context froze (and what was frozen with it)
     _loaded.clear()  # keep only the newest context
-    if long_lived_worker:
-        gc.unfreeze()
     with open(path, "rb") as f:
         sys_path = pickle.load(f)
         sys.path.extend(p for p in sys_path if p not in sys.path)
