@@ -4,9 +4,10 @@ Two shapes, chosen by what a backend can promise:
 
 * :class:`LokyPool` (``backend=loky``): joblib's reusable loky workers, fast
   for many short jobs, forked from a server process that has imported joblib
-  and Hydra where the platform has one. A worker that dies breaks the whole pool (loky's
-  ``TerminatedWorkerError``): the pool raises :class:`PoolBroken` naming the
-  jobs that were in flight, and the supervisor sorts culprit from innocents.
+  and Hydra where the platform has one. A worker that dies breaks the whole
+  pool (loky's ``TerminatedWorkerError``): the pool raises :class:`PoolBroken`
+  naming the jobs that were in flight, and the supervisor sorts culprit from
+  innocents.
 * :class:`FreshProcessPool` (``backend=multiprocessing``, quarantine runs,
   device pools): every job in a new Python process started for it alone, with
   its own environment, babysat by one of joblib's threads. A death costs only
@@ -257,7 +258,8 @@ def _fork_workers_from_a_server() -> None:
     loaded. The server is a process of its own, without threads, so forking
     from it is safe; it exits with this process. Left as it is when the
     platform has no fork server (Windows), or when loky's start method was
-    chosen in this process already (``loky.set_start_method``).
+    chosen in this process already (``loky.set_start_method``). The server's
+    preload list is multiprocessing's, for the whole process: this sets it.
     """
     import multiprocessing
 
