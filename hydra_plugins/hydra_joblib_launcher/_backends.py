@@ -279,19 +279,13 @@ def _worker_environ(options: LaunchOptions, n_jobs: int) -> Dict[str, str]:
 
     loky sets them as it starts a worker with its own start method only; a
     worker forked from the fork server sets them itself (:func:`update_environ`),
-    before its first job imports a library that reads them.
+    before its first job imports a library that reads them. joblib's own rule
+    computes them.
     """
-    from joblib import cpu_count
-    from joblib.parallel import ParallelBackendBase
+    from joblib.parallel import LokyBackend
 
-    default = max(cpu_count() // n_jobs, 1)
-    limit = options.inner_max_num_threads
-    environ = {
-        name: str(limit if limit is not None else os.environ.get(name, default))
-        for name in ParallelBackendBase.MAX_NUM_THREADS_VARS
-    }
-    if ParallelBackendBase.TBB_ENABLE_IPC_VAR not in os.environ:
-        environ[ParallelBackendBase.TBB_ENABLE_IPC_VAR] = "1"
+    backend = LokyBackend(inner_max_num_threads=options.inner_max_num_threads)
+    environ: Dict[str, str] = backend._prepare_worker_env(n_jobs=n_jobs)
     return environ
 
 
