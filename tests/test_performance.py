@@ -4,6 +4,9 @@
   the batch runs on them;
 * forked from a server process that has loaded what jobs need, they still limit
   the native thread pools of each job to its share of the CPUs, as joblib does;
+* they import the app's script only when it keeps its app under
+  ``if __name__ == "__main__":`` (as multiprocessing's workers do); a script
+  that calls its app at top level is not run again in each worker;
 * a batch reuses the previous batch's shared-context file only when the bytes
   are the same: a resolver the sweeper registers between batches reaches the
   jobs of the next batch;
@@ -82,6 +85,62 @@ def test_loky_workers_limit_native_threads_before_a_job_imports_anything(
     }
     for job in seen:
         assert {name: job[name] for name in expected} == expected, job
+
+
+# The script's top level notes each process that runs it.
+SCRIPT = """
+import os
+
+import hydra
+from hydra_compat import MAIN_KWARGS
+
+with open(os.environ["TOP_LEVEL_LOG"], "a") as log:
+    log.write(f"{{os.getpid()}} {{__name__}}\\n")
+
+
+@hydra.main(**MAIN_KWARGS, config_path=None, config_name=None)
+def main(cfg):
+    return os.getpid()
+
+
+{call}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("guarded", [False, True], ids=["unguarded", "guarded"])
+def test_the_workers_run_the_apps_script_only_when_it_is_guarded(
+    tmp_path: Path, guarded: bool
+) -> None:
+    app = tmp_path / "app.py"
+    call = 'if __name__ == "__main__":\n    main()' if guarded else "main()"
+    app.write_text(SCRIPT.format(call=call))
+    sweep_dir = tmp_path / "sweep"
+    top_level_log = tmp_path / "top-level.log"
+    run = run_app(
+        app,
+        [
+            "--multirun",
+            "+x=range(0,4)",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            f"hydra.sweep.dir={sweep_dir}",
+        ],
+        cwd=tmp_path,
+        env={"TOP_LEVEL_LOG": str(top_level_log)},
+    )
+    assert run.returncode == 0, run.output
+    assert "died" not in run.output, run.output
+    ran = jobs(sweep_dir)
+    assert [job["status"] for job in ran] == ["COMPLETED"] * 4, ran
+    runs = [line.split() for line in top_level_log.read_text().splitlines()]
+    assert runs[0][1] == "__main__", runs  # the launching process, first
+    imported_by = {int(pid) for pid, name in runs if name == "__mp_main__"}
+    if guarded and sys.platform != "win32":
+        # forked from the fork server, each of the two workers imported it once
+        assert imported_by == {job["pid"] for job in ran} and len(runs) == 3, (runs, ran)
+    else:
+        assert len(runs) == 1, runs
 
 
 @pytest.mark.slow

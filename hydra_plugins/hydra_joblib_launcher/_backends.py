@@ -20,6 +20,7 @@ joblib is imported here and only when a pool is used: Hydra imports the
 plugin at every app start.
 """
 
+import ast
 import atexit
 import functools
 import logging
@@ -257,9 +258,11 @@ def _fork_workers_from_a_server() -> None:
     server imports them once, and each worker forked from it starts with them
     loaded. The server is a process of its own, without threads, so forking
     from it is safe; it exits with this process. Left as it is when the
-    platform has no fork server (Windows), or when loky's start method was
-    chosen in this process already (``loky.set_start_method``). The server's
-    preload list is multiprocessing's, for the whole process: this sets it.
+    platform has no fork server (Windows), when loky's start method was
+    chosen in this process already (``loky.set_start_method``), or when the
+    app's script may not be imported again (see :func:`_script_is_guarded`).
+    The server's preload list is multiprocessing's, for the whole process:
+    this sets it.
     """
     import multiprocessing
 
@@ -268,10 +271,49 @@ def _fork_workers_from_a_server() -> None:
     if (
         "forkserver" not in multiprocessing.get_all_start_methods()
         or get_start_method() is not None
+        or not _script_is_guarded()
     ):
         return
     multiprocessing.get_context("forkserver").set_forkserver_preload(list(FORKSERVER_PRELOAD))
     set_start_method("forkserver")
+
+
+def _script_is_guarded() -> bool:
+    """Whether the app's main module keeps its app under ``if __name__ == "__main__":``.
+
+    A worker forked from multiprocessing's fork server first imports the
+    launching process's main script (as ``__mp_main__``), as with its spawn
+    method; loky's own workers do not. A script that calls its app at top
+    level would start the whole sweep again in each such worker. True too when
+    multiprocessing imports no main module (an interactive session, ``python
+    -m`` of a package's ``__main__``).
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    spec_name = getattr(getattr(main, "__spec__", None), "name", None) or ""
+    if path is None or spec_name == "__main__" or spec_name.endswith(".__main__"):
+        return True
+    try:
+        tree = ast.parse(Path(path).read_bytes(), filename=str(path))
+    except (OSError, SyntaxError, ValueError):
+        return False
+    return any(isinstance(node, ast.If) and _is_name_main(node.test) for node in tree.body)
+
+
+def _is_name_main(test: ast.expr) -> bool:
+    """``__name__ == "__main__"``, either way round."""
+    if not (
+        isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)
+    ):
+        return False
+    sides = (test.left, test.comparators[0])
+    return any(
+        isinstance(name, ast.Name)
+        and name.id == "__name__"
+        and isinstance(value, ast.Constant)
+        and value.value == "__main__"
+        for name, value in (sides, sides[::-1])
+    )
 
 
 def _worker_environ(options: LaunchOptions, n_jobs: int) -> Dict[str, str]:
