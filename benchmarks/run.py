@@ -6,15 +6,16 @@
     python benchmarks/run.py --json out.json  # also write every run and the summary
     python benchmarks/run.py --guard          # CI: basic vs this only, exit 1 on a gross regression
 
-It builds two throwaway virtual environments in a cache dir (printed; reused
-when present, see ``--env-dir``):
+It builds throwaway virtual environments in a cache dir (printed, see ``--env-dir``):
 
-* ``env-this``: ``pip install <a snapshot of this repo>`` (not editable), reinstalled
-  at every invocation, so the code measured is the code in the work tree now;
-  Hydra's basic launcher runs here too (``hydra/launcher=basic``).
+* ``env-this``: ``pip install <a snapshot of this repo>`` (not editable, no extras: what
+  a user installs), made anew at every invocation, so the code measured is the code in
+  the work tree now; Hydra's basic launcher runs here too (``hydra/launcher=basic``).
+* ``env-this-dask``: the same with the ``dask`` extra, made anew when scenario e runs.
 * ``env-released``: ``pip install hydra-joblib-launcher==1.2.0`` constrained to
   the versions of ``env-this`` (hydra-core, omegaconf, joblib, ...), so the
-  two plugins are never in one environment and differ only in the launcher.
+  two plugins are never in one environment and differ only in the launcher;
+  reused when present with those versions.
 
 Every run is ``python benchmarks/apps/bench_app.py --multirun x='range(0,N)' ...``
 in its own session (``start_new_session=True``). Per run it measures the wall
@@ -134,20 +135,23 @@ def git_state() -> Dict[str, Any]:
     return {"repo_commit": commit.stdout.strip() or None, "repo_dirty": bool(dirty.stdout.strip())}
 
 
-def build_this_env(cache: Path, base_python: str) -> Path:
-    env_dir = cache / "env-this"
-    log_file = cache / "env-this.log"
+def build_this_env(cache: Path, base_python: str, extra: str = "") -> Path:
+    """A new venv with this repo installed as a user installs it, with ``extra`` if given.
+
+    New every time: an extra's packages (psutil, which loky imports when it is
+    there) must not linger in the environment that measures the default install.
+    """
+    name = f"env-this-{extra}" if extra else "env-this"
+    env_dir = cache / name
+    log_file = cache / f"{name}.log"
     python = venv_python(env_dir)
-    if not python.exists():
-        log(f"creating {env_dir} ...")
-        _create_venv(base_python, env_dir, log_file)
+    log(f"creating {env_dir} ...")
+    _create_venv(base_python, env_dir, log_file)
     snapshot = cache / "src-snapshot"
     SNAPSHOT_OF.update(git_state())
     _snapshot_repo(snapshot)
     log(f"installing this repo ({REPO}) into {env_dir} (pip install, not editable) ...")
-    _run_logged([python, "-m", "pip", "install", f"{snapshot}[dask]"], log_file)
-    # A local directory of an unchanged version may be taken as already installed: force it.
-    _run_logged([python, "-m", "pip", "install", "--no-deps", "--force-reinstall", str(snapshot)], log_file)
+    _run_logged([python, "-m", "pip", "install", f"{snapshot}[{extra}]" if extra else str(snapshot)], log_file)
     shutil.rmtree(snapshot, ignore_errors=True)
     return python
 
@@ -703,8 +707,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--scenarios", default="a,b,c,d,e", help="which of a,b,c,d,e to run (default all)")
     parser.add_argument("--launchers", default=",".join(LAUNCHERS), help="default basic,this,released")
     parser.add_argument("--python", default=None,
-                        help="an interpreter with this launcher installed, used for basic and this "
-                        "instead of building env-this (for example CI's venv)")  # fmt: skip
+                        help="an interpreter with this launcher installed (and the dask extra, for e), used "
+                        "for basic, this and this-dask instead of building env-this (for example CI's venv)")  # fmt: skip
     parser.add_argument("--base-python", default=sys.executable, help="interpreter the venvs are made from")
     parser.add_argument("--env-dir", type=Path, default=default_cache_dir(),
                         help="where the throwaway venvs live, reused if present "
@@ -731,14 +735,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def _env_pythons(args: argparse.Namespace, launchers: Sequence[str]) -> Dict[str, Path]:
+def _env_pythons(args: argparse.Namespace, launchers: Sequence[str], dask: bool = False) -> Dict[str, Path]:
     args.env_dir.mkdir(parents=True, exist_ok=True)
     log(f"environments in {args.env_dir}")
     if args.python:
-        this = Path(args.python)
+        this = with_dask = Path(args.python)
     else:
         this = build_this_env(args.env_dir, args.base_python)
-    pythons = {"basic": this, "this": this, DASK: this}
+        with_dask = build_this_env(args.env_dir, args.base_python, "dask") if dask else this
+    pythons = {"basic": this, "this": this, DASK: with_dask}
     if "released" in launchers:
         pythons["released"] = build_released_env(args.env_dir, args.base_python, package_versions(this))
     return pythons
@@ -793,7 +798,7 @@ def full(args: argparse.Namespace) -> int:
     unknown = set(launchers) - set(LAUNCHERS)
     if unknown or "basic" not in launchers:
         raise SystemExit(f"--launchers: choose among {','.join(LAUNCHERS)}, basic included")
-    pythons = _env_pythons(args, launchers)
+    pythons = _env_pythons(args, launchers, dask="e" in args.scenarios.split(","))
     versions = {name: package_versions(pythons[name]) for name in ("this", "released") if name in pythons}
     for name in ("this", "released"):
         if name in pythons:
