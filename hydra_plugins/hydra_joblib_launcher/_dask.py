@@ -1,215 +1,47 @@
-"""backend=dask: jobs as tasks of a Dask cluster, through joblib's dask backend.
+"""backend=dask, the pool: jobs as tasks of a Dask cluster, through joblib's dask backend.
 
-A scheduler given by address, or an embedded LocalCluster of single-threaded
-worker processes on loopback, started once per process and closed at exit.
-See _distributed.py for what the launcher adds to what Dask does.
+    DaskPool.run(specs) ─ joblib.Parallel(backend=OneJobPerTaskDaskBackend) ─▶ JobTask(spec) on a worker
+                        ◀─ JobOutcome, as each job ends
+      a watcher thread fails the waiting tasks when the cluster keeps no worker;
+      delivered results are released, so a dying worker never makes Dask run them again
+
+The cluster itself (address or embedded LocalCluster) is :mod:`._dask_cluster`;
+what Dask and Ray share is :mod:`._cluster`.
 """
 
-import atexit
 import functools
 import logging
 import threading
 import time
-from dataclasses import dataclass, replace
-from typing import Any, Dict, FrozenSet, Iterator, Optional, Sequence, Set, Tuple
+from dataclasses import replace
+from typing import Any, Dict, FrozenSet, Iterator, Optional, Sequence, Set
 
-from ._distributed import (
-    _ONE_THREAD,
-    _TASK_NAME,
-    MAX_WORKER_DEATHS,
-    STOP_WAIT_S,
-    Cluster,
-    WorkerCannotRun,
-    _cannot_unpickle,
-    _JobTask,
-    _missing_extra,
-    _n_at_once,
-    _stop_jobs_of,
-)
-from ._errors import LauncherError
-from ._job import JobOutcome, JobSpec, attempts_path
+from ._cluster import MAX_WORKER_DEATHS, JobTask, job_of_task, stop_jobs_of
+from ._dask_cluster import ONE_THREAD, DaskConnection, check_threads, close_dask
+from ._errors import LauncherError, PoolBroken, WorkerCannotRun
 from ._options import LaunchOptions
+from ._outcome import JobOutcome, cannot_unpickle
+from ._plan import JobSpec
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class _DaskConnection:
-    client: Any
-    local_cluster: Any  # the LocalCluster started here, or None
-    cluster: Cluster
+# How long to wait for the scheduler to see the workers stopped by an interrupt go.
+STOP_WAIT_S = 10.0
 
 
-_dask_connections: Dict[Tuple[Any, ...], _DaskConnection] = {}
-_dask_lock = threading.Lock()
+def refuse_threaded_worker(where: str) -> None:
+    """Run in the worker before a job: a worker with several threads could run two jobs at once."""
+    from distributed import get_worker
 
-
-def _import_distributed() -> Any:
     try:
-        import dask  # noqa: F401
-        import distributed
-    except ImportError as error:
-        raise _missing_extra("dask", "dask", error) from None
-    return distributed
-
-
-def _dask_connection(options: LaunchOptions, n_workers: int) -> _DaskConnection:
-    """The client of this process for these settings: made once, closed when the process exits."""
-    settings = options.dask
-    key = (settings.address, settings.dashboard_address, None if settings.address else n_workers)
-    with _dask_lock:
-        connection = _dask_connections.get(key)
-        if connection is None or connection.client.status != "running":
-            connection = _dask_connect(options, n_workers)
-            _dask_connections[key] = connection
-            # Registered after distributed's own exit hooks, so it runs before them.
-            atexit.register(_close_dask, connection)
-    _check_dask_threads(connection.client)
-    if settings.address is not None:  # n_jobs counts the workers of the cluster, as they are now
-        capacity = _dask_capacity(connection.client)
-        n_at_once = _n_at_once(options.n_jobs, capacity)
-        connection.cluster = replace(connection.cluster, n_workers=n_at_once, capacity=capacity)
-    return connection
-
-
-def _dask_connect(options: LaunchOptions, n_workers: int) -> _DaskConnection:
-    distributed = _import_distributed()
-    import dask as dask_module
-
-    dask = options.dask
-    if dask.address is None:
-        # The scheduler runs in this process; its workers are processes of their own,
-        # one thread each, restarted by their nanny when a job kills them.
-        # Its INFO lines (workers joining, leaving) would drown the sweep's own log.
-        logging.getLogger("distributed").setLevel(logging.WARNING)
-        # Without a dashboard the scheduler still serves its health routes: on any free port.
-        http = {} if dask.dashboard_address else {"dashboard_address": "127.0.0.1:0"}
-        # Jobs may start processes of their own (data loaders, joblib, multiprocessing),
-        # which daemonic workers cannot. Nannies read this at every (re)start of a
-        # worker, so it is set for the process; the cluster is closed at exit.
-        dask_module.config.set({"distributed.worker.daemon": False})
-        with dask_module.config.set(
-            {"distributed.scheduler.allowed-failures": MAX_WORKER_DEATHS + 1}
-        ):
-            local = distributed.LocalCluster(
-                n_workers=n_workers,
-                threads_per_worker=1,
-                processes=True,
-                host="127.0.0.1",
-                dashboard_address=dask.dashboard_address,
-                scheduler_kwargs=http,
-            )
-        client = distributed.Client(local, set_as_default=False)
-        cluster = Cluster("dask", local.scheduler_address, n_workers, n_workers, True)
-        return _DaskConnection(client, local, cluster)
-    try:
-        _probe_dask_scheduler(dask.address, dask.connect_timeout)
-        client = distributed.Client(
-            dask.address, timeout=dask.connect_timeout, set_as_default=False
-        )
-    except LauncherError:
-        raise
-    except Exception as error:  # noqa: BLE001 - OSError, TimeoutError, ValueError (bad address)...
-        raise LauncherError(
-            f"Cannot reach the Dask scheduler at hydra.launcher.dask.address={dask.address} "
-            f"within hydra.launcher.dask.connect_timeout={dask.connect_timeout:g}s "
-            f"({type(error).__name__}: {error}). Check that the scheduler runs "
-            f"(dask scheduler), that the host and port are right and reachable from here, "
-            f"and that the protocol (tcp://, tls://) matches the scheduler's."
-        ) from None
-    try:
-        client.wait_for_workers(1, timeout=dask.connect_timeout)
-    except Exception:  # noqa: BLE001 - a timeout, in whatever type this version raises
-        client.close()
-        raise LauncherError(
-            f"The Dask scheduler at {dask.address} has no worker after "
-            f"{dask.connect_timeout:g}s (hydra.launcher.dask.connect_timeout). Start workers "
-            f"with: dask worker {dask.address} --nthreads 1"
-        ) from None
-    try:
-        _check_dask_imports(client, dask.address)
-    except LauncherError:
-        client.close()
-        raise
-    capacity = _dask_capacity(client)
-    cluster = Cluster("dask", dask.address, capacity, capacity, False)
-    return _DaskConnection(client, None, cluster)
-
-
-def _probe_dask_scheduler(address: str, timeout: float) -> None:
-    """Fail within ``timeout`` unless a Dask scheduler answers at ``address``.
-
-    distributed.Client waits without end on a server that accepts the connection
-    but does not speak Dask's protocol (the dashboard's port 8787 given for the
-    scheduler's 8786, say); this exchange can be given up.
-    """
-    import asyncio
-
-    import distributed.comm
-    import distributed.security
-
-    # untyped: as Any, they leave mypy's strict mode to the code around them
-    comms: Any = distributed.comm
-    security_class: Any = distributed.security.Security
-    security = security_class()
-
-    async def identity() -> Any:
-        args = security.get_connection_args("client")
-        comm = await comms.connect(address, timeout=timeout, **args)
-        try:
-            await comm.write({"op": "identity", "reply": True})
-            return await comm.read()
-        finally:
-            comm.abort()
-
-    try:  # connect() gives up on an unreachable address by itself (an OSError), a bit sooner
-        answer = asyncio.run(asyncio.wait_for(identity(), timeout + 1))
-    except asyncio.TimeoutError:
-        answer = None
-    if not isinstance(answer, dict) or answer.get("type") != "Scheduler":
-        raise LauncherError(
-            f"Something answers at hydra.launcher.dask.address={address}, but not as a Dask "
-            f"scheduler within hydra.launcher.dask.connect_timeout={timeout:g}s. Give the "
-            f"scheduler's address (port 8786 by default; 8787 is its dashboard)."
-        )
-
-
-def _check_dask_imports(client: Any, address: str) -> None:
-    """Refuse workers that cannot import this launcher: they could not even unpickle a task.
-
-    Such a worker drops its connection and leaves the cluster at the first task
-    sent to it, without a word to the launcher. ``exec`` of an import statement
-    is what a worker can always unpickle (a builtin) and run.
-    """
-    answers = client.run(exec, f"import {__name__}", {}, on_error="return")
-    missing = {addr: error for addr, error in answers.items() if isinstance(error, BaseException)}
-    if not missing:
+        threads = int(get_worker().state.nthreads)
+    except ValueError:  # not in a Dask worker
         return
-    error = next(iter(missing.values()))
-    module = getattr(error, "name", None) or __name__
-    shown = ", ".join(sorted(missing))
-    raise LauncherError(
-        f"The Dask workers {shown} at {address} cannot import the module {module!r} "
-        f"({type(error).__name__}: {error}), so they cannot unpickle the launcher's tasks. "
-        f"Install this launcher (pip install hydra-joblib-launcher), the app and the modules "
-        f"it imports in the workers' Python environment on every worker host, then start "
-        f"the workers again."
-    )
-
-
-def _dask_capacity(client: Any) -> int:
-    return len(client.nthreads())
-
-
-def _check_dask_threads(client: Any) -> None:
-    """Refuse a cluster whose workers may run two jobs at once in one process."""
-    threaded = {addr: n for addr, n in client.nthreads().items() if n > 1}
-    if threaded:
-        shown = ", ".join(f"{addr} ({n} threads)" for addr, n in sorted(threaded.items()))
-        raise LauncherError(
-            f"backend=dask runs each Hydra job alone in a worker process, and these workers "
-            f"run several threads: {shown}. Two jobs in one process would share logging, the "
-            f"working directory and Hydra's global state. {_ONE_THREAD}"
+    if threads > 1:
+        raise WorkerCannotRun(
+            f"The Dask worker in {where} runs {threads} threads, so it could run two "
+            f"Hydra jobs at once in one process (they would share logging, the working "
+            f"directory and Hydra's global state). {ONE_THREAD}"
         )
 
 
@@ -324,7 +156,7 @@ def _release_delivered(client: Any, delivered: Set[int]) -> None:
             keys = [
                 key
                 for key, state in list(client.futures.items())
-                if state.status == "finished" and _job_of_task(key) in delivered
+                if state.status == "finished" and job_of_task(key) in delivered
             ]
             break
         except RuntimeError:  # changed size while the client's thread updated it: look again
@@ -335,15 +167,10 @@ def _release_delivered(client: Any, delivered: Set[int]) -> None:
         client.cancel([Future(key, client) for key in keys])
 
 
-def _job_of_task(key: Any) -> Optional[int]:
-    match = _TASK_NAME.search(str(key))
-    return int(match.group(1)) if match else None
-
-
 class DaskPool:
     """Jobs as tasks of a Dask cluster, through joblib's dask backend (one job per task)."""
 
-    def __init__(self, options: LaunchOptions, connection: _DaskConnection) -> None:
+    def __init__(self, options: LaunchOptions, connection: DaskConnection) -> None:
         self._options = options
         self._connection = connection
         self.n_workers = connection.cluster.n_workers
@@ -351,15 +178,10 @@ class DaskPool:
         self._marker_dirs: Set[str] = set()
 
     def run(self, specs: Sequence[JobSpec]) -> Iterator[JobOutcome]:
-        from concurrent.futures import CancelledError
-
-        from distributed import KilledWorker
         from joblib import Parallel, delayed, parallel_config
 
-        from ._backends import PoolBroken
-
         client = self._connection.client
-        _check_dask_threads(client)
+        check_threads(client)
         specs = [replace(spec, max_worker_deaths=MAX_WORKER_DEATHS) for spec in specs]
         self._marker_dirs.update(spec.marker_dir for spec in specs)
         dispatched: Set[int] = set()
@@ -368,7 +190,7 @@ class DaskPool:
         def tasks() -> Iterator[Any]:
             for spec in specs:
                 dispatched.add(spec.num)
-                yield delayed(_JobTask(spec.num, dask=True))(spec)
+                yield delayed(JobTask(spec.num, check=refuse_threaded_worker))(spec)
 
         backend = _dask_backend_class()(client=client)
         stop_watch = threading.Event()
@@ -400,42 +222,51 @@ class DaskPool:
                     ended.add(outcome.num)
                     _release_delivered(client, ended)
                     yield outcome
-            except _NoWorkers as error:
-                raise LauncherError(str(error)) from None
-            except WorkerCannotRun as error:
-                self._stop_running()
-                raise LauncherError(str(error)) from None
-            except ImportError as error:  # the task itself could not be unpickled there
-                self._stop_running()
-                raise LauncherError(_cannot_unpickle(error)) from None
-            except CancelledError as error:  # Dask cancelled the tasks: the scheduler is gone
-                reason = str(error).splitlines()[0]
-                raise LauncherError(
-                    f"The Dask cluster at {self._connection.cluster.address} cancelled the jobs' "
-                    f"tasks ({reason}). The scheduler stopped, or this host lost its connection "
-                    f"to it; jobs that completed are kept, hydra.launcher.resume=true runs the "
-                    f"others once the cluster is back."
-                ) from None
-            except KilledWorker as error:
-                # Only if the scheduler allows fewer deaths than MAX_WORKER_DEATHS:
-                # the job it names fails; the others, stopped, run again.
-                num = _job_of_task(error.task)
-                stopped = self._stop_running()
-                for spec in specs:
-                    if spec.num in stopped:
-                        attempts_path(spec.marker_dir, spec.num).unlink(missing_ok=True)
-                in_flight: FrozenSet[int] = (
-                    frozenset({num}) if num is not None else frozenset(dispatched - ended)
-                )
-                raise PoolBroken(
-                    str(error),
-                    in_flight=in_flight,
-                    exit_codes="more times than the Dask scheduler allows (KilledWorker, "
-                    f"distributed.scheduler.allowed-failures={error.allowed_failures})",
-                ) from None
+            except Exception as error:  # noqa: BLE001 - _settle says what each means
+                raise self._settle(error, specs, in_flight=frozenset(dispatched - ended)) from None
             finally:
                 stop_watch.set()
                 self._generator = None
+
+    def _settle(
+        self, error: Exception, specs: Sequence[JobSpec], *, in_flight: FrozenSet[int]
+    ) -> Exception:
+        """What ``run`` raises for ``error``: a LauncherError to show, or PoolBroken to settle."""
+        from concurrent.futures import CancelledError
+
+        from distributed import KilledWorker
+
+        if isinstance(error, _NoWorkers):
+            return LauncherError(str(error))
+        if isinstance(error, WorkerCannotRun):
+            self._stop_running()
+            return LauncherError(str(error))
+        if isinstance(error, ImportError):  # the task itself could not be unpickled there
+            self._stop_running()
+            return LauncherError(cannot_unpickle(error))
+        if isinstance(error, CancelledError):  # Dask cancelled the tasks: the scheduler is gone
+            reason = str(error).splitlines()[0] if str(error) else "cancelled"
+            return LauncherError(
+                f"The Dask cluster at {self._connection.cluster.address} cancelled the jobs' "
+                f"tasks ({reason}). The scheduler stopped, or this host lost its connection "
+                f"to it; jobs that completed are kept, hydra.launcher.resume=true runs the "
+                f"others once the cluster is back."
+            )
+        if isinstance(error, KilledWorker):
+            # Only if the scheduler allows fewer deaths than MAX_WORKER_DEATHS:
+            # the job it names fails; the others, stopped, run again.
+            num = job_of_task(error.task)
+            stopped = self._stop_running()
+            for spec in specs:
+                if spec.num in stopped:
+                    spec.files.forget_starts()
+            return PoolBroken(
+                str(error),
+                in_flight=frozenset({num}) if num is not None else in_flight,
+                exit_codes="more times than the Dask scheduler allows (KilledWorker, "
+                f"distributed.scheduler.allowed-failures={error.allowed_failures})",
+            )
+        return error
 
     def _stop_running(self) -> Set[int]:
         """Stop the jobs of this launch still running on the cluster; their numbers.
@@ -451,7 +282,7 @@ class DaskPool:
         dying: Set[str] = set()
         for marker_dir in self._marker_dirs:
             try:
-                answers = client.run(_stop_jobs_of, marker_dir, on_error="ignore")
+                answers = client.run(stop_jobs_of, marker_dir, on_error="ignore")
             except Exception as error:  # noqa: BLE001 - the cluster may be gone already
                 log.warning(f"Could not reach the Dask workers to stop running jobs: {error}")
                 continue
@@ -476,22 +307,10 @@ class DaskPool:
         """
         stopped = self._stop_running()
         if self._connection.local_cluster is not None:
-            _close_dask(self._connection)  # and the workers it started with it
+            close_dask(self._connection)  # and the workers it started with it
             return
         if stopped:
             log.warning(
                 "Stopped jobs %s on the Dask cluster (their worker processes were killed)",
                 ", ".join(f"#{num}" for num in sorted(stopped)),
             )
-
-
-def _close_dask(connection: _DaskConnection) -> None:
-    for key, known in list(_dask_connections.items()):
-        if known is connection:
-            del _dask_connections[key]
-    try:
-        connection.client.close()
-        if connection.local_cluster is not None:
-            connection.local_cluster.close()
-    except Exception as error:  # noqa: BLE001 - closing at exit or after an interrupt
-        log.debug("Closing the Dask client failed: %s", error)

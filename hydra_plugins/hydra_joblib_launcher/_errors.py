@@ -3,6 +3,8 @@
 Each message says what happened, why it may have, and what to do about it.
 """
 
+from typing import FrozenSet
+
 from hydra.errors import CompactHydraException
 
 
@@ -36,3 +38,19 @@ class ResultNotSendable(JobFailure):
 
 class RemoteJobError(JobFailure):
     """Stands in for a job's exception that could not be pickled, keeping its type, message and traceback."""
+
+
+class PoolBroken(Exception):
+    """A worker died and took its pool with it; the jobs ``in_flight`` may not have ended.
+
+    Raised by a pool's ``run``, caught by the supervisor, never shown to a user.
+    """
+
+    def __init__(self, message: str, in_flight: FrozenSet[int], exit_codes: str) -> None:
+        super().__init__(message)
+        self.in_flight = in_flight
+        self.exit_codes = exit_codes
+
+
+class WorkerCannotRun(LauncherError):
+    """A cluster worker could not start a job: its environment lacks something the launch needs."""

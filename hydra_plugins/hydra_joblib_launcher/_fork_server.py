@@ -16,7 +16,7 @@ import logging
 try:
     from hydra.core.plugins import Plugins
 
-    from . import _job  # noqa: F401 - Hydra's job running, and this launcher's side of it
+    from . import _run  # noqa: F401 - Hydra's job running, and this launcher's side of it
 
     Plugins.instance()
 except Exception as error:  # noqa: BLE001 - each worker then does it for itself

@@ -2,7 +2,7 @@
 
 A cluster given by address ("auto", "host:port", "ray://..."), or a local Ray
 sized by n_jobs, started here and shut down at exit. Each joblib worker is a
-Ray actor running one job at a time. See _distributed.py for the rest.
+Ray actor running one job at a time. See _cluster.py for what the launcher adds to what Ray does.
 """
 
 import atexit
@@ -10,32 +10,28 @@ import functools
 import logging
 import socket
 from dataclasses import dataclass, replace
-from typing import Any, Dict, Iterator, Optional, Sequence
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
-from ._distributed import (
-    MAX_WORKER_DEATHS,
-    RAY_PROBE_TIMEOUT_S,
-    Cluster,
-    WorkerCannotRun,
-    _cannot_unpickle,
-    _JobTask,
-    _missing_extra,
-    _n_at_once,
-)
-from ._errors import LauncherError
-from ._job import JobOutcome, JobSpec
+from ._cluster import MAX_WORKER_DEATHS, Cluster, JobTask, missing_extra, n_at_once
+from ._errors import LauncherError, WorkerCannotRun
 from ._options import LaunchOptions
+from ._outcome import JobOutcome, cannot_unpickle
+from ._plan import JobSpec
 
 log = logging.getLogger(__name__)
 
+# How long to wait for a Ray address to accept a connection before ray.init.
+RAY_PROBE_TIMEOUT_S = 10.0
+
 
 @dataclass
-class _RayConnection:
+class RayConnection:
     cluster: Cluster
     n_actors: int
 
 
-_ray_state: Dict[str, Any] = {}  # "connection": the _RayConnection of this process
+# Per process: Ray's connection is one per process ("connection": the RayConnection).
+_ray_state: Dict[str, Any] = {}
 
 
 def _import_ray() -> Any:
@@ -43,59 +39,60 @@ def _import_ray() -> Any:
         import ray
         from ray.util.joblib.ray_backend import RayBackend  # noqa: F401
     except ImportError as error:
-        raise _missing_extra("ray", "ray", error) from None
+        raise missing_extra("ray", "ray", error) from None
     return ray
 
 
-def _ray_connection(options: LaunchOptions, n_workers: int) -> _RayConnection:
+def ray_connection(options: LaunchOptions, n_workers: int) -> RayConnection:
+    """This process's connection to Ray (made once), sized for this launch."""
     ray = _import_ray()
-    settings = options.ray
-    connection: Optional[_RayConnection] = _ray_state.get("connection")
+    connection: Optional[RayConnection] = _ray_state.get("connection")
     if connection is None or not ray.is_initialized():
-        started_here = False
-        if ray.is_initialized():  # the app's own Ray: use it, leave it as it is
-            owned = False
-            address = "(initialized by the app)"
-        elif settings.address is None:
-            # joblib runs a one-worker call in the calling process: a pool has two
-            # actors at least, so Ray needs two CPUs (n_workers still bounds jobs at once).
-            kwargs = {"include_dashboard": False, **dict(settings.init)}
-            kwargs.setdefault("num_cpus", max(n_workers, 2))
-            context = ray.init(**kwargs)
-            owned = started_here = True
-            address = str(getattr(context, "address_info", {}).get("gcs_address", "local"))
-        else:
-            _probe_ray_address(settings.address)
-            try:
-                context = ray.init(address=settings.address, **dict(settings.init))
-            except Exception as error:  # noqa: BLE001 - ConnectionError, RuntimeError, ...
-                raise LauncherError(
-                    f"Cannot reach the Ray cluster at hydra.launcher.ray.address="
-                    f"{settings.address} ({type(error).__name__}: {error}). Check that the "
-                    f"cluster runs (ray start --head) and that the address is right: "
-                    f'"auto" on a cluster node, host:6379 or ray://host:10001.'
-                ) from None
-            owned = True  # a connection of ours: dropped at exit, the cluster keeps running
-            address = settings.address
-        if owned:
-            atexit.register(_shutdown_ray)
+        address, started_here = _connect(ray, options, n_workers)
         capacity = int(ray.cluster_resources().get("CPU", 0))
         cluster = Cluster("ray", address, n_workers, capacity, started_here)
-        connection = _RayConnection(cluster, max(n_workers, 2))
+        connection = RayConnection(cluster, max(n_workers, 2))
         _ray_state["connection"] = connection
     capacity = int(ray.cluster_resources().get("CPU", 0))
     if connection.cluster.started_here:
-        n_at_once = min(n_workers, capacity)
+        jobs = min(n_workers, capacity)
     else:  # n_jobs counts the CPUs of the cluster
-        n_at_once = _n_at_once(options.n_jobs, capacity)
+        jobs = n_at_once(options.n_jobs, capacity)
     if capacity < 2:
         raise LauncherError(
             f"The Ray cluster {connection.cluster.address} offers {capacity} CPU(s); backend=ray "
             f"needs 2 at least (joblib's Ray pool has two actors at least, one CPU each)."
         )
-    connection.cluster = replace(connection.cluster, n_workers=n_at_once, capacity=capacity)
-    connection.n_actors = min(max(n_at_once, 2), capacity)
+    connection.cluster = replace(connection.cluster, n_workers=jobs, capacity=capacity)
+    connection.n_actors = min(max(jobs, 2), capacity)
     return connection
+
+
+def _connect(ray: Any, options: LaunchOptions, n_workers: int) -> Tuple[str, bool]:
+    """Use the app's Ray, start a local one, or connect to an address; (address, started here)."""
+    settings = options.ray
+    if ray.is_initialized():  # the app's own Ray: use it, leave it as it is
+        return "(initialized by the app)", False
+    if settings.address is None:
+        # joblib runs a one-worker call in the calling process: a pool has two
+        # actors at least, so Ray needs two CPUs (n_workers still bounds jobs at once).
+        kwargs = {"include_dashboard": False, **dict(settings.init)}
+        kwargs.setdefault("num_cpus", max(n_workers, 2))
+        context = ray.init(**kwargs)
+        atexit.register(_shutdown_ray)
+        return str(getattr(context, "address_info", {}).get("gcs_address", "local")), True
+    _probe_ray_address(settings.address)
+    try:
+        ray.init(address=settings.address, **dict(settings.init))
+    except Exception as error:  # noqa: BLE001 - ConnectionError, RuntimeError, ...
+        raise LauncherError(
+            f"Cannot reach the Ray cluster at hydra.launcher.ray.address="
+            f"{settings.address} ({type(error).__name__}: {error}). Check that the "
+            f"cluster runs (ray start --head) and that the address is right: "
+            f'"auto" on a cluster node, host:6379 or ray://host:10001.'
+        ) from None
+    atexit.register(_shutdown_ray)  # a connection of ours: dropped at exit, the cluster stays
+    return settings.address, False
 
 
 def _probe_ray_address(address: str) -> None:
@@ -164,7 +161,7 @@ def _ray_backend() -> Any:
 class RayPool:
     """Jobs on the actors of Ray's joblib pool: one actor process per job at a time."""
 
-    def __init__(self, options: LaunchOptions, connection: _RayConnection) -> None:
+    def __init__(self, options: LaunchOptions, connection: RayConnection) -> None:
         self._options = options
         self._connection = connection
         self.n_workers = connection.cluster.n_workers
@@ -188,18 +185,18 @@ class RayPool:
                 batch_size=1,
             )
             self._generator = parallel(
-                delayed(_JobTask(spec.num, dask=False))(spec) for spec in specs
+                delayed(JobTask(spec.num))(spec) for spec in specs
             )
             try:
                 yield from self._generator
             except WorkerCannotRun as error:
                 raise LauncherError(str(error)) from None
             except ImportError as error:
-                raise LauncherError(_cannot_unpickle(error)) from None
+                raise LauncherError(cannot_unpickle(error)) from None
             except RayError as error:
                 cause = getattr(error, "cause", None)
                 if isinstance(cause, ImportError):
-                    raise LauncherError(_cannot_unpickle(cause)) from None
+                    raise LauncherError(cannot_unpickle(cause)) from None
                 if isinstance(cause, WorkerCannotRun):
                     raise LauncherError(str(cause)) from None
                 raise LauncherError(

@@ -1,67 +1,36 @@
-"""What the user sees of a batch, and what stays on disk.
+"""What the user sees of a batch.
 
 * a failure line the moment a job ends badly;
 * live progress: a tqdm bar on a terminal, calm log lines elsewhere;
 * a summary at the end of every batch;
-* ``jobs.jsonl`` in the sweep dir, one JSON object per job, appended as each job ends,
-  and each completed job's pickled ``JobReturn`` beside its outputs, for ``resume``.
+* each job's record in the manifest, as it ends (see :mod:`._manifest`).
 
 All of it runs in the launching process, on outcomes the workers send anyway.
 """
 
-import json
 import logging
 import sys
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
-from ._job import JobOutcome, JobSpec
+from ._manifest import MANIFEST, record_job
+from ._outcome import JobOutcome
+from ._plan import JobSpec
 
-log = logging.getLogger("hydra_plugins.hydra_joblib_launcher")
+log = logging.getLogger(__name__)
 
-MANIFEST = "jobs.jsonl"
-RETURN_FILE = "job_return.pkl"  # in the job's .hydra folder
 LOG_INTERVAL_S = 5.0
 SLOWEST_SHOWN = 3
 FAILURES_SHOWN = 20
-
-
-def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat(timespec="milliseconds")
 
 
 def _clock(seconds: float) -> str:
     seconds = int(round(max(seconds, 0)))
     hours, rest = divmod(seconds, 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
-
-
-def return_file(output_dir: str) -> Path:
-    return Path(output_dir) / ".hydra" / RETURN_FILE
-
-
-def read_completed(sweep_dir: Path) -> Dict[Tuple[str, ...], Dict[str, Any]]:
-    """The last COMPLETED manifest record of each job (by overrides) in ``sweep_dir``."""
-    completed: Dict[Tuple[str, ...], Dict[str, Any]] = {}
-    path = sweep_dir / MANIFEST
-    if not path.exists():
-        return completed
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by a crash of the launcher
-                continue
-            key = tuple(record.get("overrides") or ())
-            if record.get("status") == "COMPLETED":
-                completed[key] = record
-            else:
-                completed.pop(key, None)
-    return completed
 
 
 @dataclass
@@ -135,41 +104,13 @@ class Reporter:
                 f"#{outcome.num} : {self._overrides.get(outcome.num, '')} FAILED after "
                 f"{outcome.duration_s:.1f}s: {outcome.error_type}: {outcome.error} (log: {where})"
             )
-        self._write(outcome)
+        record_job(self.sweep_dir, outcome, self._spec_overrides[outcome.num])
         if self._bar is not None:
             c = self.counts()
             self._bar.set_postfix_str(
                 f"{c['completed']} ok, {c['failed']} failed, {c['running']} running", refresh=False
             )
             self._bar.update(1)
-
-    def _write(self, outcome: JobOutcome) -> None:
-        record: Dict[str, Any] = {
-            "num": outcome.num,
-            "overrides": list(self._spec_overrides[outcome.num]),
-            "status": "COMPLETED" if outcome.completed else "FAILED",
-            "started": _iso(outcome.started),
-            "ended": _iso(outcome.ended),
-            "duration_s": round(outcome.duration_s, 3),
-            "host": outcome.host,
-            "pid": outcome.pid,
-            "output_dir": outcome.output_dir,
-            "log_file": outcome.log_file,
-            "devices": list(outcome.devices) if outcome.devices is not None else None,
-        }
-        if outcome.completed and outcome.output_dir:
-            path = return_file(outcome.output_dir)
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(outcome.stored_return())
-                record["return_file"] = str(path)
-            except OSError as error:
-                log.warning(f"#{outcome.num}: cannot keep its result for resume ({error})")
-        if not outcome.completed:
-            record["error_type"] = outcome.error_type
-            record["error"] = outcome.error
-        with open(self.sweep_dir / MANIFEST, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
 
     def close(self) -> None:
         self._stop.set()

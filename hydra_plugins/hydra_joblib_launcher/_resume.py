@@ -7,14 +7,14 @@ from typing import Dict, Sequence
 
 from hydra.core.utils import JobReturn
 
-from ._job import JobSpec
-from ._report import read_completed
+from ._manifest import read_completed
+from ._plan import JobSpec
 
-log = logging.getLogger("hydra_plugins.hydra_joblib_launcher")
+log = logging.getLogger(__name__)
 
 
 def load_completed(specs: Sequence[JobSpec], sweep_dir: Path) -> Dict[int, JobReturn]:
-    """JobReturns of the ``specs`` that ``jobs.jsonl`` records as COMPLETED, by job number.
+    """JobReturns of the ``specs`` that the manifest records as COMPLETED, by job number.
 
     A job is the same job when its overrides are the same. One whose stored
     result cannot be read back is run again, with a warning saying why.

@@ -15,20 +15,16 @@ counts and propagates, so Hydra's own handling still runs.
 
 import logging
 import time
-from typing import Callable, Dict, Iterator, List, Protocol, Sequence
+from typing import Callable, Dict, List, Protocol, Sequence
 
 from hydra.core.utils import JobReturn
 
-from ._backends import PoolBroken, crash_error, timeout_error
-from ._job import JobOutcome, JobSpec, failed_outcome, marker_path
+from ._errors import PoolBroken
+from ._outcome import JobOutcome, crash_error, failed_outcome, timeout_error
+from ._plan import JobSpec
+from ._pools import Pool, Pools
 
 log = logging.getLogger(__name__)
-
-
-class Pool(Protocol):
-    def run(self, specs: Sequence[JobSpec]) -> Iterator[JobOutcome]: ...
-
-    def stop(self) -> None: ...
 
 
 class Report(Protocol):
@@ -39,20 +35,15 @@ class Report(Protocol):
     def close(self) -> None: ...
 
 
-def supervise(
-    specs: Sequence[JobSpec],
-    *,
-    pool: Pool,
-    quarantine: Callable[[], Pool],
-    report: Report,
-) -> Dict[int, JobReturn]:
-    """Run ``specs`` on ``pool`` and return every job's JobReturn, by job number.
+def supervise(specs: Sequence[JobSpec], *, pools: Pools, report: Report) -> Dict[int, JobReturn]:
+    """Run ``specs`` on ``pools.main`` and return every job's JobReturn, by job number.
 
     Each result is unpickled as it arrives, while other jobs still run, so the
     batch has no tail of unpickling at its end and keeps no pickled copies.
     """
     outcomes: Dict[int, JobReturn] = {}
-    pools: List[Pool] = [pool]
+    pool = pools.main
+    running: List[Pool] = [pool]
 
     def record(outcome: JobOutcome) -> None:
         outcomes[outcome.num] = outcome.job_return()
@@ -66,10 +57,10 @@ def supervise(
                     record(outcome)
                 queue = []
             except PoolBroken as broken:
-                queue = _after_break(queue, broken, outcomes, record, quarantine, pools)
+                queue = _after_break(queue, broken, outcomes, record, pools.quarantine, running)
     except BaseException as error:  # nothing more starts, nothing is left running
-        for running in reversed(pools):
-            running.stop()
+        for each in reversed(running):
+            each.stop()
         if isinstance(error, (KeyboardInterrupt, SystemExit)):
             report.interrupted()
         else:
@@ -84,14 +75,14 @@ def _after_break(
     outcomes: Dict[int, JobReturn],
     record: Callable[[JobOutcome], None],
     quarantine: Callable[[], Pool],
-    pools: List[Pool],
+    running: List[Pool],
 ) -> List[JobSpec]:
     """Settle the jobs a broken pool left behind; return those to run again on the pool."""
     now = time.time()
     unfinished = [spec for spec in queue if spec.num not in outcomes]
     in_flight = [spec for spec in unfinished if spec.num in broken.in_flight]
     later = [spec for spec in unfinished if spec.num not in broken.in_flight]
-    timed_out = [spec for spec in in_flight if marker_path(spec.marker_dir, spec.num).exists()]
+    timed_out = [spec for spec in in_flight if spec.files.timed_out()]
     for spec in timed_out:
         record(failed_outcome(spec, timeout_error(spec), started=now))
     suspects = [spec for spec in in_flight if spec not in timed_out]
@@ -110,8 +101,8 @@ def _after_break(
         ", ".join(f"#{spec.num}" for spec in suspects),
     )
     isolated = quarantine()
-    pools.append(isolated)
+    running.append(isolated)
     for outcome in isolated.run(suspects):
         record(outcome)
-    pools.remove(isolated)
+    running.remove(isolated)
     return later

@@ -1,6 +1,11 @@
 """The launcher Hydra calls: it wires the parts together and holds no logic of its own.
 
-launch(job_overrides) ─▶ validate(config) ─▶ [JobSpec] ─▶ pool ─▶ supervise ─▶ [JobReturn]
+    setup()  ─▶ validate(config) ─▶ warm_up (_pools)
+    launch(job_overrides)
+      ─▶ validate ─▶ jobs_at_once (_pools) ─▶ the context, once (_plan) ─▶ [JobSpec]
+      ─▶ resume: skip what completed before (_resume)
+      ─▶ open_pools (_pools) ─▶ supervise (_supervisor) ─ report (_report, _manifest)
+      ◀─ [JobReturn] in job order
 """
 
 import atexit
@@ -23,8 +28,8 @@ from omegaconf import DictConfig, OmegaConf
 from ._errors import LauncherConfigError, LauncherError
 
 if TYPE_CHECKING:
-    from ._job import JobSpec
     from ._options import LaunchOptions
+    from ._plan import JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +74,8 @@ def _start_workers(params: Dict[str, Any]) -> None:
 
     A config that is not is left for ``launch()`` to report.
     """
-    from ._backends import warm_up
     from ._options import validate
+    from ._pools import warm_up
 
     try:
         options = validate(_plain(params))
@@ -104,7 +109,7 @@ def _launch(
     job_overrides: Sequence[Sequence[str]],
     initial_job_idx: int,
 ) -> List[JobReturn]:
-    from ._job import JobSpec
+    from ._plan import JobSpec
     from ._resume import load_completed
 
     assert launcher.config is not None, "checked by launch()"
@@ -143,7 +148,7 @@ def _launch(
         to_run = [spec for spec in specs if spec.num not in done]
         if options.resume:
             log.info(f"Resuming: {len(done)} jobs completed before are skipped, {len(to_run)} run")
-        returns = {**done, **_run(to_run, options, n_workers, run_dir, sweep_dir, len(done))}
+        returns = {**done, **_run(to_run, options, n_workers, sweep_dir, len(done))}
         missing = [f"#{spec.num}" for spec in specs if spec.num not in returns]
         if missing:  # a bug of ours, never the user's: say so rather than lose the batch silently
             raise LauncherError(
@@ -170,14 +175,10 @@ def _workers(options: "LaunchOptions") -> Tuple[int, str]:
     """How many jobs run at once, and where (for the launch line)."""
     from joblib import cpu_count
 
-    n_workers = options.workers(cpu_count())
-    if not options.distributed:
-        return n_workers, ""
-    from ._distributed import connect
+    from ._pools import jobs_at_once
 
     # Before any dir is made: a cluster that cannot be used is one clear error.
-    cluster = connect(options, n_workers=n_workers)
-    return cluster.n_workers, f" on {cluster.description}"
+    return jobs_at_once(options, cpu_count())
 
 
 def _log_launch(
@@ -205,7 +206,7 @@ def _log_launch(
 
 def _send_once(launcher: JoblibLauncher, directory: Path) -> Path:
     """Pickle what every job shares into a file in ``directory``; one clear error if it cannot be."""
-    from ._job import SharedContext, capture_resolvers, pickle_context, write_context
+    from ._plan import SharedContext, pickle_context, write_context
 
     assert launcher.config is not None, "checked by launch()"
     assert launcher.hydra_context is not None and launcher.task_function is not None
@@ -214,7 +215,6 @@ def _send_once(launcher: JoblibLauncher, directory: Path) -> Path:
         task_function=launcher.task_function,
         config=launcher.config,
         singleton_state=Singleton.get_state(),
-        resolvers=capture_resolvers(),
     )
     try:
         payload = pickle_context(context)
@@ -232,12 +232,11 @@ def _run(
     specs: Sequence["JobSpec"],
     options: "LaunchOptions",
     n_workers: int,
-    run_dir: Path,
     sweep_dir: Path,
     skipped: int,
 ) -> Dict[int, JobReturn]:
     """Run ``specs`` under supervision, reporting as they end; their JobReturns by number."""
-    from ._backends import open_pools
+    from ._pools import open_pools
     from ._report import Reporter
     from ._supervisor import supervise
 
@@ -246,8 +245,8 @@ def _run(
     )
     returns: Dict[int, JobReturn] = {}
     if specs:
-        pool, quarantine = open_pools(options, n_workers=n_workers, run_dir=run_dir)
-        returns = supervise(specs, pool=pool, quarantine=quarantine, report=reporter)
+        pools = open_pools(options, n_workers=n_workers)
+        returns = supervise(specs, pools=pools, report=reporter)
     reporter.summary()
     return returns
 

@@ -1,0 +1,221 @@
+"""backend=dask, the cluster: reach a scheduler by address, or start an embedded LocalCluster.
+
+One client per process and settings, made at the first launch and closed when
+the process exits. A cluster that cannot serve Hydra jobs (no scheduler at the
+address, no worker, workers without this launcher, workers with several
+threads) is one clear :class:`LauncherError` before any job starts.
+"""
+
+import atexit
+import logging
+import threading
+from dataclasses import dataclass, replace
+from typing import Any, Dict, Tuple
+
+from ._cluster import MAX_WORKER_DEATHS, Cluster, missing_extra, n_at_once
+from ._errors import LauncherError
+from ._options import LaunchOptions
+
+log = logging.getLogger(__name__)
+
+
+ONE_THREAD = (
+    "Start each Dask worker with one thread: dask worker <scheduler address> --nthreads 1 "
+    "(start several workers per host for several jobs at once: --nworkers N)."
+)
+
+
+@dataclass
+class DaskConnection:
+    client: Any
+    local_cluster: Any  # the LocalCluster started here, or None
+    cluster: Cluster
+
+
+# Per process: the clients of this process, by settings; closed at exit.
+_connections: Dict[Tuple[Any, ...], DaskConnection] = {}
+_connections_lock = threading.Lock()
+
+
+def import_distributed() -> Any:
+    try:
+        import dask  # noqa: F401
+        import distributed
+    except ImportError as error:
+        raise missing_extra("dask", "dask", error) from None
+    return distributed
+
+
+def dask_connection(options: LaunchOptions, n_workers: int) -> DaskConnection:
+    """The client of this process for these settings: made once, closed when the process exits."""
+    settings = options.dask
+    key = (settings.address, settings.dashboard_address, None if settings.address else n_workers)
+    with _connections_lock:
+        connection = _connections.get(key)
+        if connection is None or connection.client.status != "running":
+            if settings.address is None:
+                connection = _start_local_cluster(options, n_workers)
+            else:
+                connection = _connect_to_scheduler(options)
+            _connections[key] = connection
+            # Registered after distributed's own exit hooks, so it runs before them.
+            atexit.register(close_dask, connection)
+    check_threads(connection.client)
+    if settings.address is not None:  # n_jobs counts the workers of the cluster, as they are now
+        capacity = len(connection.client.nthreads())
+        jobs = n_at_once(options.n_jobs, capacity)
+        connection.cluster = replace(connection.cluster, n_workers=jobs, capacity=capacity)
+    return connection
+
+
+def _start_local_cluster(options: LaunchOptions, n_workers: int) -> DaskConnection:
+    """A LocalCluster on loopback: the scheduler in this process, single-threaded worker processes.
+
+    Its workers are restarted by their nanny when a job kills them.
+    """
+    distributed = import_distributed()
+    import dask
+
+    # Its INFO lines (workers joining, leaving) would drown the sweep's own log.
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+    dashboard = options.dask.dashboard_address
+    # Without a dashboard the scheduler still serves its health routes: on any free port.
+    http = {} if dashboard else {"dashboard_address": "127.0.0.1:0"}
+    # Jobs may start processes of their own (data loaders, joblib, multiprocessing),
+    # which daemonic workers cannot. Nannies read this at every (re)start of a
+    # worker, so it is set for the process; the cluster is closed at exit.
+    dask.config.set({"distributed.worker.daemon": False})
+    # The scheduler gives up on a task (KilledWorker) only after the job has given up itself.
+    with dask.config.set({"distributed.scheduler.allowed-failures": MAX_WORKER_DEATHS + 1}):
+        local = distributed.LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=dashboard,
+            scheduler_kwargs=http,
+        )
+    client = distributed.Client(local, set_as_default=False)
+    cluster = Cluster("dask", local.scheduler_address, n_workers, n_workers, True)
+    return DaskConnection(client, local, cluster)
+
+
+def _connect_to_scheduler(options: LaunchOptions) -> DaskConnection:
+    distributed = import_distributed()
+    dask = options.dask
+    address, timeout = str(dask.address), dask.connect_timeout
+    try:
+        _probe_scheduler(address, timeout)
+        client = distributed.Client(address, timeout=timeout, set_as_default=False)
+    except LauncherError:
+        raise
+    except Exception as error:  # noqa: BLE001 - OSError, TimeoutError, ValueError (bad address)...
+        raise LauncherError(
+            f"Cannot reach the Dask scheduler at hydra.launcher.dask.address={address} "
+            f"within hydra.launcher.dask.connect_timeout={timeout:g}s "
+            f"({type(error).__name__}: {error}). Check that the scheduler runs "
+            f"(dask scheduler), that the host and port are right and reachable from here, "
+            f"and that the protocol (tcp://, tls://) matches the scheduler's."
+        ) from None
+    try:
+        client.wait_for_workers(1, timeout=timeout)
+    except Exception:  # noqa: BLE001 - a timeout, in whatever type this version raises
+        client.close()
+        raise LauncherError(
+            f"The Dask scheduler at {address} has no worker after {timeout:g}s "
+            f"(hydra.launcher.dask.connect_timeout). Start workers "
+            f"with: dask worker {address} --nthreads 1"
+        ) from None
+    try:
+        _check_imports(client, address)
+    except LauncherError:
+        client.close()
+        raise
+    capacity = len(client.nthreads())
+    return DaskConnection(client, None, Cluster("dask", address, capacity, capacity, False))
+
+
+def _probe_scheduler(address: str, timeout: float) -> None:
+    """Fail within ``timeout`` unless a Dask scheduler answers at ``address``.
+
+    distributed.Client waits without end on a server that accepts the connection
+    but does not speak Dask's protocol (the dashboard's port 8787 given for the
+    scheduler's 8786, say); this exchange can be given up.
+    """
+    import asyncio
+
+    import distributed.comm
+    import distributed.security
+
+    # untyped: as Any, they leave mypy's strict mode to the code around them
+    comms: Any = distributed.comm
+    security_class: Any = distributed.security.Security
+    security = security_class()
+
+    async def identity() -> Any:
+        args = security.get_connection_args("client")
+        comm = await comms.connect(address, timeout=timeout, **args)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    try:  # connect() gives up on an unreachable address by itself (an OSError), a bit sooner
+        answer = asyncio.run(asyncio.wait_for(identity(), timeout + 1))
+    except asyncio.TimeoutError:
+        answer = None
+    if not isinstance(answer, dict) or answer.get("type") != "Scheduler":
+        raise LauncherError(
+            f"Something answers at hydra.launcher.dask.address={address}, but not as a Dask "
+            f"scheduler within hydra.launcher.dask.connect_timeout={timeout:g}s. Give the "
+            f"scheduler's address (port 8786 by default; 8787 is its dashboard)."
+        )
+
+
+def _check_imports(client: Any, address: str) -> None:
+    """Refuse workers that cannot import this launcher: they could not even unpickle a task.
+
+    Such a worker drops its connection and leaves the cluster at the first task
+    sent to it, without a word to the launcher. ``exec`` of an import statement
+    is what a worker can always unpickle (a builtin) and run.
+    """
+    answers = client.run(exec, f"import {__name__}", {}, on_error="return")
+    missing = {addr: error for addr, error in answers.items() if isinstance(error, BaseException)}
+    if not missing:
+        return
+    error = next(iter(missing.values()))
+    module = getattr(error, "name", None) or __name__
+    shown = ", ".join(sorted(missing))
+    raise LauncherError(
+        f"The Dask workers {shown} at {address} cannot import the module {module!r} "
+        f"({type(error).__name__}: {error}), so they cannot unpickle the launcher's tasks. "
+        f"Install this launcher (pip install hydra-joblib-launcher), the app and the modules "
+        f"it imports in the workers' Python environment on every worker host, then start "
+        f"the workers again."
+    )
+
+
+def check_threads(client: Any) -> None:
+    """Refuse a cluster whose workers may run two jobs at once in one process."""
+    threaded = {addr: n for addr, n in client.nthreads().items() if n > 1}
+    if threaded:
+        shown = ", ".join(f"{addr} ({n} threads)" for addr, n in sorted(threaded.items()))
+        raise LauncherError(
+            f"backend=dask runs each Hydra job alone in a worker process, and these workers "
+            f"run several threads: {shown}. Two jobs in one process would share logging, the "
+            f"working directory and Hydra's global state. {ONE_THREAD}"
+        )
+
+
+def close_dask(connection: DaskConnection) -> None:
+    """Close the client, and the LocalCluster started here with its workers."""
+    for key, known in list(_connections.items()):
+        if known is connection:
+            del _connections[key]
+    try:
+        connection.client.close()
+        if connection.local_cluster is not None:
+            connection.local_cluster.close()
+    except Exception as error:  # noqa: BLE001 - closing at exit or after an interrupt
+        log.debug("Closing the Dask client failed: %s", error)

@@ -1,0 +1,83 @@
+"""One object per job for its files in the launch's marker dir: where each lives, how it is written, how it is read.
+
+    <num>.started    JSON, written as the task starts: where the job runs and logs
+    <num>.timeout    the job overran its time limit and had its own process killed
+    <num>.attempts   one line per start, on clusters that re-run a job whose worker died
+    <num>.outcome    the pickled JobOutcome, written by a process started for that job alone
+
+Workers write them, the launcher reads them (after a crash, a timeout, a
+fresh process's exit). Every write is atomic where a reader may look at any
+moment: a temporary file, then a rename.
+"""
+
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a reader sees the whole file or none."""
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    partial.write_bytes(data)
+    os.replace(partial, path)
+
+
+class JobFiles:
+    """The files of job ``num`` in ``directory`` (the launch's marker dir)."""
+
+    def __init__(self, directory: str, num: int) -> None:
+        self.directory = Path(directory)
+        self.num = num
+
+    def _path(self, kind: str) -> Path:
+        return self.directory / f"{self.num}.{kind}"
+
+    # -- started: where the job runs, noted as its task starts ---------------------------
+    def note_started(self, record: Dict[str, Any]) -> None:
+        write_atomically(self._path("started"), json.dumps(record).encode())
+
+    def started(self) -> Dict[str, Any]:
+        """What the job noted as it started (pid, host, started, output_dir, log_file), or {}."""
+        try:
+            record = json.loads(self._path("started").read_text())
+        except (OSError, ValueError):
+            return {}
+        return record if isinstance(record, dict) else {}
+
+    # -- timeout: the job's own process was killed for overrunning ---------------------
+    def mark_timed_out(self, limit: float) -> None:
+        self._path("timeout").write_text(f"{limit:g}")
+
+    def timed_out(self) -> bool:
+        return self._path("timeout").exists()
+
+    # -- attempts: starts on a cluster that re-runs a job whose worker died ------------
+    def count_start(self) -> None:
+        with open(self._path("attempts"), "a") as f:
+            f.write(f"{socket.gethostname()} {os.getpid()}\n")
+
+    def starts(self) -> int:
+        """How many times the job started before (each start that did not end)."""
+        try:
+            return len(self._path("attempts").read_text().splitlines())
+        except OSError:
+            return 0
+
+    def forget_starts(self) -> None:
+        self._path("attempts").unlink(missing_ok=True)
+
+    # -- outcome: from a process started for this job alone -----------------------------
+    def write_outcome(self, payload: bytes) -> None:
+        write_atomically(self._path("outcome"), payload)
+
+    def take_outcome(self) -> Optional[bytes]:
+        """The pickled outcome the job's process wrote, removed from disk; None if it wrote none."""
+        path = self._path("outcome")
+        try:
+            payload = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        path.unlink()
+        return payload

@@ -1,0 +1,244 @@
+"""backend=loky: joblib's reusable loky workers, fast for many short jobs.
+
+    setup()  ─▶ warm_up(options): the workers start while Hydra composes the sweep
+    launch() ─▶ LokyPool.run(specs) ─ joblib.Parallel(backend="loky",
+                                         return_as="generator_unordered") ─▶ run_job_spec
+             ◀─ JobOutcome, as each job ends
+
+The workers are forked from a server process that has imported joblib and
+Hydra, where the platform has one. A worker that dies breaks the whole pool
+(loky's ``TerminatedWorkerError``): the pool raises :class:`PoolBroken`
+naming the jobs that were in flight, and the supervisor sorts culprit from
+innocents. joblib is imported inside functions only: Hydra imports the plugin
+at every app start.
+"""
+
+import atexit
+import functools
+import logging
+import re
+import shutil
+import tempfile
+import threading
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, Optional, Sequence, Set
+
+from ._errors import PoolBroken
+from ._options import LaunchOptions, pre_dispatch_count
+from ._outcome import JobOutcome
+from ._plan import JobSpec
+from ._run import init_worker, run_job_spec, warm_worker
+from ._script import script_is_guarded
+
+log = logging.getLogger(__name__)
+
+
+class LokyPool:
+    """joblib's loky workers, reused across jobs and batches."""
+
+    def __init__(self, options: LaunchOptions, n_workers: int) -> None:
+        _shutdown_loky_at_exit()
+        _fork_workers_from_a_server()
+        self._options = options
+        self._n_workers = n_workers
+        self._generator: Optional[Any] = None
+
+    @contextmanager
+    def _parallel(self, **overrides: Any) -> Iterator[Any]:
+        """joblib's Parallel on loky, as every call of this pool makes it.
+
+        loky reuses its running workers only for a call whose settings equal
+        the previous call's: the warm-up and the batches share this one place.
+        ``overrides`` may change what is not such a setting (batching, verbosity up to 50).
+        """
+        from joblib import Parallel, parallel_config
+
+        options = self._options
+        n_jobs = self._n_workers
+        pre_dispatch: Any = pre_dispatch_count(options.pre_dispatch, n_jobs)
+        if n_jobs == 1:
+            # joblib runs a one-worker loky call in this process, where a job that
+            # crashes or overruns would take the sweep with it: two workers, one
+            # job at a time.
+            n_jobs, pre_dispatch = 2, 1
+        settings = dict(
+            n_jobs=n_jobs,
+            return_as="generator_unordered",
+            verbose=options.verbose,
+            pre_dispatch=pre_dispatch,
+            batch_size=options.batch_size,
+            temp_folder=options.temp_folder,
+            max_nbytes=options.max_nbytes,
+            mmap_mode=options.mmap_mode,
+        )
+        with parallel_config(
+            backend="loky",
+            inner_max_num_threads=options.inner_max_num_threads,
+            initializer=init_worker,
+            initargs=(_worker_environ(options, n_jobs),),
+        ):
+            yield Parallel(**{**settings, **overrides})
+
+    def warm(self, ready: int) -> None:
+        """Start the workers; load what jobs need in the first ``ready`` (see :func:`warm_up`)."""
+        from joblib import delayed
+
+        # joblib hands a verbosity above 50 on to loky, which then counts it as a setting.
+        verbose = self._options.verbose if self._options.verbose > 50 else 0
+        meeting = tempfile.mkdtemp(prefix="hydra-joblib-warm-up-")
+        try:
+            tasks = (delayed(warm_worker)(meeting, ready) for _ in range(ready))
+            with self._parallel(verbose=verbose, batch_size=1, pre_dispatch="all") as parallel:
+                pids = sorted(set(parallel(tasks)))
+            log.debug(f"Workers ready ahead of the batch: processes {', '.join(map(str, pids))}")
+        except Exception as error:  # noqa: BLE001 - the batch starts its workers itself then
+            log.debug("Starting the workers ahead of the batch failed: %r", error)
+        finally:
+            shutil.rmtree(meeting, ignore_errors=True)
+
+    def run(self, specs: Sequence[JobSpec]) -> Iterator[JobOutcome]:
+        from joblib import delayed
+        from joblib.externals.loky.process_executor import BrokenProcessPool
+
+        _wait_for_warm_up()
+        dispatched: Set[int] = set()
+        ended: Set[int] = set()
+
+        def tasks() -> Iterator[Any]:
+            for spec in specs:
+                dispatched.add(spec.num)
+                yield delayed(run_job_spec)(spec)
+
+        with self._parallel() as parallel:
+            self._generator = parallel(tasks())
+            try:
+                for outcome in self._generator:
+                    ended.add(outcome.num)
+                    yield outcome
+            except BrokenProcessPool as error:
+                codes = re.search(r"exit codes of the workers are (\{[^}]*\})", str(error))
+                raise PoolBroken(
+                    str(error),
+                    in_flight=frozenset(dispatched - ended),
+                    exit_codes=codes.group(1) if codes else "unknown",
+                ) from None
+            finally:
+                self._generator = None
+
+    def stop(self) -> None:
+        """Kill the workers now (an interrupt): closing joblib's generator aborts its call."""
+        generator, self._generator = self._generator, None
+        if generator is not None:
+            generator.close()
+        shutdown_loky()
+
+
+# Per process: the warm-up started by setup(), joined by the first batch.
+_warming: Optional[threading.Thread] = None
+
+
+def warm_up(options: LaunchOptions) -> None:
+    """Start the loky workers in the background, with the settings the batches will use.
+
+    Called from the launcher's ``setup()``: Hydra then composes every job's
+    config once in this process (the sweeper's check of the batch) before it
+    calls ``launch()``, and the workers start meanwhile. The first batch waits
+    for the warm-up to end (up to one worker per CPU ready) and finds them
+    running.
+    """
+    global _warming
+    if _warming is not None and _warming.is_alive():
+        return  # a warm-up is under way (a finished one that no batch joined is stale)
+    # Imported here, in the main thread: importing registers exit handlers, which
+    # Python refuses once it is shutting down (an interrupt while Hydra composes).
+    from joblib import cpu_count
+
+    cpus = cpu_count()
+    n_workers = options.workers(cpus)
+    pool = LokyPool(options, n_workers)
+
+    def warm() -> None:
+        if threading.main_thread().is_alive():  # else the app is exiting: start nothing
+            # loky starts all the workers; wait for as many as can start at once. With
+            # more workers than CPUs, the first jobs need not wait for the last ones.
+            pool.warm(ready=min(n_workers, cpus))
+
+    _warming = threading.Thread(target=warm, name="hydra-joblib-launcher-warm-up")
+    _warming.start()
+
+
+def _wait_for_warm_up() -> None:
+    global _warming
+    thread, _warming = _warming, None
+    if thread is not None:
+        thread.join()
+
+
+# What a worker forked from the server has loaded before its first job: joblib's
+# worker loop, Hydra's config composition, and what _fork_server prepares.
+FORKSERVER_PRELOAD = (
+    "joblib.externals.loky.process_executor",
+    "hydra._internal.config_loader_impl",
+    "hydra_plugins.hydra_joblib_launcher._fork_server",
+)
+
+
+@functools.lru_cache(maxsize=None)
+def _fork_workers_from_a_server() -> None:
+    """Have loky fork its workers from multiprocessing's fork server.
+
+    loky's own start method runs a new interpreter for each worker, which
+    imports joblib and Hydra before its first job: ~0.2 s of CPU per worker,
+    taken from the cores on which the sweeper is composing the jobs. The fork
+    server imports them once, and each worker forked from it starts with them
+    loaded. The server is a process of its own, without threads, so forking
+    from it is safe; it exits with this process. Left as it is when the
+    platform has no fork server (Windows), when loky's start method was
+    chosen in this process already (``loky.set_start_method``), or when the
+    app's script may not be imported again (see :mod:`._script`).
+    The server's preload list is multiprocessing's, for the whole process:
+    this sets it.
+    """
+    import multiprocessing
+
+    from joblib.externals.loky.backend.context import get_start_method, set_start_method
+
+    if (
+        "forkserver" not in multiprocessing.get_all_start_methods()
+        or get_start_method() is not None
+        or not script_is_guarded()
+    ):
+        return
+    multiprocessing.get_context("forkserver").set_forkserver_preload(list(FORKSERVER_PRELOAD))
+    set_start_method("forkserver")
+
+
+def _worker_environ(options: LaunchOptions, n_jobs: int) -> Dict[str, str]:
+    """The variables joblib gives a loky worker: native thread pools sized to its share of the CPUs.
+
+    loky sets them as it starts a worker with its own start method only; a
+    worker forked from the fork server sets them itself (:func:`init_worker`),
+    before its first job imports a library that reads them. joblib's own rule
+    computes them.
+    """
+    from joblib.parallel import LokyBackend
+
+    backend = LokyBackend(inner_max_num_threads=options.inner_max_num_threads)
+    environ: Dict[str, str] = backend._prepare_worker_env(n_jobs=n_jobs)
+    return environ
+
+
+@functools.lru_cache(maxsize=None)
+def _shutdown_loky_at_exit() -> None:
+    # loky keeps its workers for the next Parallel call (the next batch); they
+    # must not outlive the launching process.
+    atexit.register(shutdown_loky)
+
+
+def shutdown_loky() -> None:
+    """Stop joblib's reusable loky executor and its workers, if one is running."""
+    from joblib.externals.loky import reusable_executor
+
+    executor = getattr(reusable_executor, "_executor", None)
+    if executor is not None:
+        executor.shutdown(wait=True, kill_workers=True)

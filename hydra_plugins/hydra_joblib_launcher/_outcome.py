@@ -1,0 +1,263 @@
+"""How a job ended, and every message that tells a user what happened to a job.
+
+A worker builds a :class:`JobOutcome` when its job ends; the supervisor builds
+one with :func:`failed_outcome` for a job that could not tell its own (its
+process died, it overran its time limit, it never started). The messages of
+those failures are made here and nowhere else.
+"""
+
+import dataclasses
+import pickle
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import DictConfig
+
+from ._errors import JobTimeout, ResultNotSendable, WorkerCrashed
+from ._plan import JobSpec
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """How one job ended, as the worker (or the supervisor, for a crash) saw it."""
+
+    num: int
+    completed: bool
+    payload: bytes  # the pickled JobReturn, without the two configs when ``configs`` has them
+    started: float
+    ended: float
+    host: str
+    pid: Optional[int]
+    output_dir: Optional[str] = None
+    log_file: Optional[str] = None
+    error_type: Optional[str] = None
+    error: Optional[str] = None
+    devices: Optional[Tuple[str, ...]] = None
+    configs: bytes = b""  # the JobReturn's (cfg, hydra_cfg), pickled apart from the rest
+
+    @property
+    def duration_s(self) -> float:
+        return self.ended - self.started
+
+    def job_return(self) -> JobReturn:
+        """The job's JobReturn; its configs are unpickled only when read (see :class:`LazyConfigs`)."""
+        ret = pickle.loads(self.payload)
+        if not isinstance(ret, JobReturn):
+            raise TypeError(f"job #{self.num}'s outcome holds a {type(ret).__name__}")
+        return LazyConfigs(ret, configs=self.configs) if self.configs else ret
+
+    def stored_return(self) -> bytes:
+        """The whole JobReturn as one pickle, for a file: it unpickles to a plain JobReturn."""
+        if not self.configs:
+            return self.payload
+        return pickle.dumps(_Parts(self.payload, self.configs), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _fields_of(ret: JobReturn) -> Dict[str, Any]:
+    return {f.name: getattr(ret, f.name) for f in dataclasses.fields(JobReturn)}
+
+
+class LazyConfigs(JobReturn):
+    """A JobReturn whose ``cfg`` and ``hydra_cfg`` are unpickled the first time one is read.
+
+    They are most of a result, and sweepers mostly read ``return_value``
+    alone: unpickling them for every job as results arrive took the launching
+    process 1.4 ms a job, CPU the workers need, and kept a whole sweep's
+    configs in memory. It equals a JobReturn of the same fields; copied or
+    pickled, it becomes a plain one.
+    """
+
+    _cfg: Optional[DictConfig]
+    _hydra_cfg: Optional[DictConfig]
+
+    def __init__(
+        self, head: Optional[JobReturn] = None, *, configs: bytes = b"", **fields: Any
+    ) -> None:
+        # ``fields`` instead of ``head``: dataclasses.replace() builds ``type(self)(**fields)``.
+        self._configs = b""
+        self._loading = threading.Lock()  # two threads reading first unpickle once
+        super().__init__(**(_fields_of(head) if head is not None else fields))
+        self._configs = configs
+
+    def _load(self) -> None:
+        with self._loading:
+            configs, self._configs = self._configs, b""
+            if configs:
+                self._cfg, self._hydra_cfg = pickle.loads(configs)
+
+    @property
+    def cfg(self) -> Optional[DictConfig]:
+        self._load()
+        return self._cfg
+
+    @cfg.setter
+    def cfg(self, value: Optional[DictConfig]) -> None:
+        self._load()
+        self._cfg = value
+
+    @property
+    def hydra_cfg(self) -> Optional[DictConfig]:
+        self._load()
+        return self._hydra_cfg
+
+    @hydra_cfg.setter
+    def hydra_cfg(self, value: Optional[DictConfig]) -> None:
+        self._load()
+        self._hydra_cfg = value
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, JobReturn):
+            return NotImplemented
+        return _fields_of(self) == _fields_of(other)
+
+    __hash__ = None  # type: ignore[assignment]  # as JobReturn's
+
+    def __reduce__(self) -> Any:
+        return JobReturn, (), _fields_of(self)
+
+
+class _Parts:
+    """Pickles to the JobReturn that :func:`joined_return` makes of its two pickled parts."""
+
+    def __init__(self, head: bytes, configs: bytes) -> None:
+        self.head = head
+        self.configs = configs
+
+    def __reduce__(self) -> Any:
+        return joined_return, (self.head, self.configs)
+
+
+def joined_return(head: bytes, configs: bytes) -> JobReturn:
+    """A stored result read back: the JobReturn and its configs in one object."""
+    ret = pickle.loads(head)
+    if not isinstance(ret, JobReturn):
+        raise TypeError(f"a stored result holds a {type(ret).__name__}, not a JobReturn")
+    ret.cfg, ret.hydra_cfg = pickle.loads(configs)
+    return ret
+
+
+def describe(error: Any) -> Tuple[str, str]:
+    """An error's type name and first line, for the failure line and the manifest."""
+    return type(error).__name__, str(error).split("\n", 1)[0]
+
+
+def failed_outcome(
+    spec: JobSpec,
+    error: BaseException,
+    *,
+    started: float,
+    pid: Optional[int] = None,
+    devices: Optional[Tuple[str, ...]] = None,
+) -> JobOutcome:
+    """The outcome of a job that could not tell its own (its process died, or it never ran).
+
+    What the job noted as its task started (process, start time, output dir,
+    log file) fills in what the caller does not know.
+    """
+    ret = JobReturn(overrides=list(spec.overrides), status=JobStatus.FAILED)
+    ret._return_value = error
+    error_type, text = describe(error)
+    noted = spec.files.started()
+    return JobOutcome(
+        num=spec.num,
+        completed=False,
+        payload=pickle.dumps(ret),
+        started=float(noted.get("started", started)),
+        ended=time.time(),
+        host=str(noted.get("host", socket.gethostname())),
+        pid=noted.get("pid", pid),
+        output_dir=noted.get("output_dir"),
+        log_file=noted.get("log_file"),
+        error_type=error_type,
+        error=text,
+        devices=devices,
+    )
+
+
+# -- what happened to a job, in words ----------------------------------------------------
+
+LIKELY_CRASH_CAUSES = (
+    "Likely causes: a crash in native code (segmentation fault), the kernel's "
+    "out-of-memory killer (see `dmesg`), or os._exit()/a signal in the task."
+)
+
+
+def describe_exit(returncode: int) -> str:
+    """'was killed by signal SIGKILL' or 'exited with status 3'."""
+    if returncode < 0:
+        try:
+            return f"was killed by signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    return f"exited with status {returncode}"
+
+
+def crash_error(spec: JobSpec, how: str) -> WorkerCrashed:
+    """The job's process died: ``how`` says how ("was killed by signal SIGKILL")."""
+    return WorkerCrashed(
+        f"job #{spec.num} ({spec.shown}) did not finish: its worker process {how}. "
+        f"{LIKELY_CRASH_CAUSES}"
+    )
+
+
+def died_too_often(spec: JobSpec, deaths: int) -> WorkerCrashed:
+    """A cluster re-ran the job after each death of its worker, until it gave up."""
+    return WorkerCrashed(
+        f"job #{spec.num} ({spec.shown}) did not finish: the worker process running it "
+        f"died {deaths} times. {LIKELY_CRASH_CAUSES}"
+    )
+
+
+def timeout_error(spec: JobSpec, *, killed: bool = True) -> JobTimeout:
+    """The job overran ``hydra.launcher.timeout``: stopped in its task, or its process killed."""
+    limit = spec.timeout if spec.timeout is not None else float("nan")
+    how = "its process was killed" if killed else "was stopped"
+    return JobTimeout(f"job #{spec.num} ran longer than hydra.launcher.timeout={limit:g}s and {how}")
+
+
+def not_sendable(spec: JobSpec, value: Any, error: BaseException) -> ResultNotSendable:
+    """The job's return value cannot be pickled back to the launcher."""
+    return ResultNotSendable(
+        f"job #{spec.num} ({' '.join(spec.overrides)}) returned a {type(value).__name__} "
+        f"that cannot be pickled back to the launcher ({error}). Return plain data "
+        "(numbers, strings, lists, dicts, arrays), or define its class at module level."
+    )
+
+
+def cannot_run(spec: JobSpec, error: BaseException, where: str) -> str:
+    """A cluster worker could not start the job: what it lacks, and what to do."""
+    text = f"A worker ({where}) cannot run job #{spec.num}: {type(error).__name__}: {error}. "
+    if isinstance(error, ImportError):
+        module = error.name or str(error)
+        return text + (
+            f"The workers cannot import the module {module!r}, which the task function needs. "
+            "Install the app and the modules it imports on every worker host, in the workers' "
+            "Python environment (or start the workers where they can import them, for example "
+            "with PYTHONPATH), then run again."
+        )
+    if isinstance(error, OSError):
+        return text + (
+            "Workers read the launch's context and write the jobs' outputs in the sweep dir: "
+            "it must be on a filesystem shared by the launcher and every worker host, at the "
+            "same path."
+        )
+    return text + (
+        "The workers' environment differs from the launcher's: install the same versions "
+        "of the app, of Hydra and of this launcher on every worker host."
+    )
+
+
+def cannot_unpickle(error: ImportError) -> str:
+    """Cluster workers could not even unpickle the launcher's task."""
+    module = error.name or str(error)
+    return (
+        f"The workers cannot unpickle the launcher's task: they cannot import the module "
+        f"{module!r} ({type(error).__name__}: {error}). Install this launcher "
+        f"(pip install hydra-joblib-launcher), the app and the modules it imports in the "
+        f"workers' Python environment on every worker host, then run again."
+    )

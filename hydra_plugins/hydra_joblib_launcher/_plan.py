@@ -1,0 +1,114 @@
+"""What a launch sends to the workers: one JobSpec per job, and the context every job shares, once.
+
+    launcher                                    worker process (loky, fresh, dask, ray)
+    ────────                                    ──────────────
+    write_context(SharedContext) ─ once ─▶ context file ─▶ load_context()   (once per process)
+    JobSpec (num, overrides, ...) ─ per job ───────────▶ run_job_spec(spec)  (see _run)
+
+What is the same for every job (the task function, the config, the Hydra
+context, Hydra's singleton state with the app's resolvers) is pickled once per
+launch into a file and read once per worker process, not sent with every job.
+"""
+
+import gc
+import hashlib
+import pickle
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+from hydra.core.singleton import Singleton
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+from ._jobfiles import JobFiles, write_atomically
+from ._pickling import dumps
+
+
+@dataclass(frozen=True)
+class SharedContext:
+    """Everything a job needs that is the same for every job of a launch."""
+
+    hydra_context: HydraContext
+    task_function: TaskFunction
+    config: DictConfig
+    singleton_state: Dict[Any, Any]  # Hydra's, with OmegaConf's resolvers (the app's too)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job, as sent to a worker: plain data only."""
+
+    num: int
+    overrides: Tuple[str, ...]
+    context_file: str
+    marker_dir: str  # where the job's files live (see JobFiles)
+    timeout: Optional[float] = None
+    device_env: Optional[str] = None  # set when the job is handed devices through this variable
+    # On clusters that re-run a job whose worker died (Dask, Ray), the job counts
+    # its starts and gives up, FAILED, after this many deaths.
+    max_worker_deaths: Optional[int] = None
+    sweep_dir: Optional[str] = None  # replaces hydra.sweep.dir (made absolute for remote workers)
+
+    @property
+    def files(self) -> JobFiles:
+        return JobFiles(self.marker_dir, self.num)
+
+    @property
+    def shown(self) -> str:
+        """The job's overrides as a user typed them, for messages."""
+        return " ".join(self.overrides) or "(no overrides)"
+
+
+def pickle_context(context: SharedContext) -> bytes:
+    """Pickle ``context``: this is where a task that cannot be sent to workers fails."""
+    return bytes(dumps(context))
+
+
+def write_context(payload: bytes, directory: Path) -> Path:
+    """Write a pickled context into ``directory``, for every worker to read; its path.
+
+    The file starts with this process's ``sys.path``, so that a fresh worker
+    can import the app's own modules before it unpickles the task. It is
+    named after its content: a batch whose context is the previous batch's
+    finds the file there, and the workers that loaded it do not load it again.
+    """
+    content = pickle.dumps(list(sys.path)) + payload
+    path = directory / f"context-{hashlib.sha256(content).hexdigest()[:24]}.pkl"
+    if not path.exists():
+        write_atomically(path, content)
+    return path
+
+
+# Per process: the context this worker process loaded last, by file. A worker
+# runs job after job of a launch and loads the launch's context once.
+_loaded: Dict[str, SharedContext] = {}
+
+
+def load_context(path: str, *, long_lived: bool) -> SharedContext:
+    """Read a launch's context once per process, and install Hydra's global state from it.
+
+    ``long_lived``: this process runs job after job (loky, Dask, Ray), so what
+    it loads is kept out of the garbage collector's scans for the launch.
+    """
+    context = _loaded.get(path)
+    if context is not None:
+        return context
+    if long_lived and _loaded:
+        gc.unfreeze()  # what the previous context froze (and what was frozen with it)
+    _loaded.clear()  # keep only the newest context
+    with open(path, "rb") as f:
+        sys_path = pickle.load(f)
+        sys.path.extend(p for p in sys_path if p not in sys.path)
+        context = pickle.load(f)
+    if not isinstance(context, SharedContext):
+        raise TypeError(f"{path} holds no context of this launcher")
+    Singleton.set_state(context.singleton_state)
+    _loaded[path] = context
+    if long_lived:
+        # What is loaded now lives as long as the launch: keep it out of the
+        # garbage collector's full scans (loky's workers run one every second).
+        gc.collect()
+        gc.freeze()
+    return context

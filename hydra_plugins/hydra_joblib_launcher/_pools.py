@@ -1,0 +1,100 @@
+"""The pool contract the supervisor drives, and the factory that opens a backend's pools.
+
+    options.backend ─▶ loky            LokyPool          (quarantine: FreshProcessPool)
+                       multiprocessing FreshProcessPool  (quarantine: FreshProcessPool)
+                       devices set     FreshProcessPool with a DevicePool
+                       dask            DaskPool          (the cluster re-runs a dead worker's jobs)
+                       ray             RayPool           (idem)
+
+Every pool yields :class:`JobOutcome` objects as jobs end, in the order they
+end, and raises :class:`PoolBroken` when a worker death took the pool with it.
+The backend modules import nothing from each other; only this one knows them all.
+"""
+
+from dataclasses import dataclass
+from typing import Callable, Iterator, Protocol, Sequence, Tuple
+
+from ._cluster import Cluster
+from ._devices import DevicePool
+from ._errors import LauncherConfigError
+from ._fresh import FreshProcessPool
+from ._loky import LokyPool
+from ._loky import warm_up as warm_up_loky
+from ._options import LaunchOptions
+from ._outcome import JobOutcome
+from ._plan import JobSpec
+
+
+class Pool(Protocol):
+    """Where jobs run. ``run`` yields each job's outcome as it ends; ``stop`` kills what runs."""
+
+    def run(self, specs: Sequence[JobSpec]) -> Iterator[JobOutcome]: ...
+
+    def stop(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Pools:
+    """The pool a batch runs on, and how to make a pool that runs each suspect of a crash alone."""
+
+    main: Pool
+    quarantine: Callable[[], Pool]
+
+
+def warm_up(options: LaunchOptions) -> None:
+    """Start the workers while Hydra composes the sweep, where the backend keeps workers.
+
+    Other backends start their processes per job or live on a cluster: nothing to warm.
+    """
+    if options.backend == "loky" and options.devices is None:
+        warm_up_loky(options)
+
+
+def jobs_at_once(options: LaunchOptions, cpu_count: int) -> Tuple[int, str]:
+    """How many jobs run at once, and where (for the launch line).
+
+    A cluster is reached (or started) here: one that cannot be used is one clear
+    error before any directory is made.
+    """
+    n_workers = options.workers(cpu_count)
+    if not options.distributed:
+        return n_workers, ""
+    cluster = _connect(options, n_workers)
+    return cluster.n_workers, f" on {cluster.description}"
+
+
+def _connect(options: LaunchOptions, n_workers: int) -> Cluster:
+    if options.backend == "dask":
+        from ._dask_cluster import dask_connection
+
+        return dask_connection(options, n_workers).cluster
+    from ._ray import ray_connection
+
+    return ray_connection(options, n_workers).cluster
+
+
+def open_pools(options: LaunchOptions, *, n_workers: int) -> Pools:
+    """The pools of ``options.backend`` for a batch of at most ``n_workers`` jobs at once."""
+
+    def fresh() -> Pool:
+        devices = None
+        if options.devices is not None:
+            devices = DevicePool(options.devices, options.devices_per_job)
+        return FreshProcessPool(options, n_workers, devices)
+
+    if options.backend == "multiprocessing" or options.devices is not None:
+        return Pools(fresh(), fresh)
+    if options.backend == "loky":
+        return Pools(LokyPool(options, n_workers), fresh)
+    if options.backend == "dask":
+        from ._dask import DaskPool
+        from ._dask_cluster import dask_connection
+
+        dask = DaskPool(options, dask_connection(options, n_workers))
+        return Pools(dask, lambda: dask)  # the cluster re-runs the jobs of a dead worker itself
+    if options.backend == "ray":
+        from ._ray import RayPool, ray_connection
+
+        ray = RayPool(options, ray_connection(options, n_workers))
+        return Pools(ray, lambda: ray)
+    raise LauncherConfigError(f"hydra.launcher.backend={options.backend} has no worker pool")

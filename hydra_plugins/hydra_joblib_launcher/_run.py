@@ -1,0 +1,242 @@
+"""The worker side: run one JobSpec the way Hydra's basic launcher runs a job.
+
+    run_job_spec(spec)
+      ├─ settled before it starts? (a cluster re-ran a job that already timed out or died too often)
+      ├─ load_context (once per process) ─▶ Hydra's global state
+      ├─ time_limit ─▶ compose the job's config ─▶ hydra.core.utils.run_job(task)
+      │                                            the task first notes where it runs (JobFiles)
+      └─ JobOutcome: plain data, the JobReturn pickled (its configs apart)
+
+Never raises for anything the job does: a failing task gives a FAILED outcome.
+Only the death of the process itself is left to the supervisor.
+"""
+
+import dataclasses
+import logging
+import os
+import pickle
+import socket
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus, run_job, setup_globals
+from hydra.types import TaskFunction
+from omegaconf import DictConfig, open_dict
+
+from ._errors import RemoteJobError
+from ._limits import time_limit
+from ._outcome import (
+    JobOutcome,
+    describe,
+    died_too_often,
+    failed_outcome,
+    not_sendable,
+    timeout_error,
+)
+from ._pickling import dumps
+from ._plan import JobSpec, SharedContext, load_context
+
+log = logging.getLogger(__name__)
+
+
+def run_job_spec(spec: JobSpec, *, long_lived: bool = True) -> JobOutcome:
+    """Run one job and report how it ended.
+
+    ``long_lived``: this process runs job after job (loky, Dask, Ray workers),
+    not one job alone (a fresh process).
+    """
+    started = time.time()
+    settled = _settled_before_start(spec, started)
+    if settled is not None:
+        return settled
+    context = load_context(spec.context_file, long_lived=long_lived)
+    setup_globals()
+    where_logged: Dict[str, Any] = {}
+    try:
+        with time_limit(spec):
+            ret = run_job(
+                hydra_context=context.hydra_context,
+                task_function=_announced(context.task_function, spec, where_logged),
+                config=_sweep_config(context, spec),
+                job_dir_key="hydra.sweep.dir",
+                job_subdir_key="hydra.sweep.subdir",
+            )
+    except Exception as error:  # noqa: BLE001 - raised outside the task: config, callbacks
+        ret = JobReturn(overrides=list(spec.overrides), status=JobStatus.FAILED)
+        ret._return_value = error
+    if spec.max_worker_deaths is not None:
+        spec.files.forget_starts()
+    return _outcome_of(spec, ret, started=started, where_logged=where_logged)
+
+
+def _outcome_of(
+    spec: JobSpec, ret: JobReturn, *, started: float, where_logged: Dict[str, Any]
+) -> JobOutcome:
+    payload, configs, ret = _pickle_return(ret, spec)
+    output_dir, log_file = where_logged.get("paths") or _log_file(ret.hydra_cfg)
+    error_type = error_text = None
+    if ret.status != JobStatus.COMPLETED:
+        error_type, error_text = describe(ret._return_value)
+    return JobOutcome(
+        num=spec.num,
+        completed=ret.status == JobStatus.COMPLETED,
+        payload=payload,
+        started=started,
+        ended=time.time(),
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        output_dir=output_dir,
+        log_file=log_file,
+        error_type=error_type,
+        error=error_text,
+        devices=_devices(spec),
+        configs=configs,
+    )
+
+
+def _settled_before_start(spec: JobSpec, started: float) -> Optional[JobOutcome]:
+    """The outcome of a job re-run by the cluster after it already ended badly, else None."""
+    files = spec.files
+    if spec.timeout is not None and files.timed_out():
+        return failed_outcome(spec, timeout_error(spec), started=started, pid=os.getpid())
+    if spec.max_worker_deaths is None:
+        return None
+    deaths = files.starts()
+    if deaths >= spec.max_worker_deaths:
+        return failed_outcome(spec, died_too_often(spec, deaths), started=started, pid=os.getpid())
+    files.count_start()
+    return None
+
+
+def _note_started(spec: JobSpec) -> Tuple[Optional[str], Optional[str]]:
+    """Note where the job runs and logs; returns its output dir and log file.
+
+    Called as the task starts: Hydra has set the job's config and its logging up.
+    """
+    output_dir = str(HydraConfig.get().runtime.output_dir)
+    log_file = next(
+        (
+            handler.baseFilename
+            for handler in logging.getLogger().handlers
+            if isinstance(handler, logging.FileHandler)
+        ),
+        None,
+    )
+    spec.files.note_started(
+        {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.time(),
+            "output_dir": output_dir,
+            "log_file": log_file,
+        }
+    )
+    return output_dir, log_file
+
+
+def _devices(spec: JobSpec) -> Optional[Tuple[str, ...]]:
+    if spec.device_env is None or spec.device_env not in os.environ:
+        return None
+    return tuple(os.environ[spec.device_env].split(","))
+
+
+def _announced(
+    task_function: TaskFunction, spec: JobSpec, where_logged: Dict[str, Any]
+) -> TaskFunction:
+    """The task, preceded by a line in the job's own log saying where it runs.
+
+    ``where_logged`` receives the job's output dir and log file.
+    """
+
+    def task(cfg: DictConfig) -> Any:
+        where_logged["paths"] = _note_started(spec)
+        where = f"host {socket.gethostname()}, process {os.getpid()}"
+        if spec.device_env is not None:
+            where += f", {spec.device_env}={os.environ.get(spec.device_env, '')}"
+        _to_job_log_file(f"Job #{spec.num} running on {where}")
+        return task_function(cfg)
+
+    return task
+
+
+def _to_job_log_file(message: str) -> None:
+    """Log ``message`` to the job's log file only: the console keeps the lines users know."""
+    record = log.makeRecord(log.name, logging.INFO, __file__, 0, message, (), None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def _sweep_config(context: SharedContext, spec: JobSpec) -> DictConfig:
+    config = context.hydra_context.config_loader.load_sweep_config(
+        context.config, list(spec.overrides)
+    )
+    with open_dict(config):
+        config.hydra.job.id = f"{config.hydra.job.name}_{spec.num}"
+        config.hydra.job.num = spec.num
+        if spec.sweep_dir is not None:
+            config.hydra.sweep.dir = spec.sweep_dir
+    return config
+
+
+def _log_file(hydra_cfg: Optional[DictConfig]) -> Tuple[Optional[str], Optional[str]]:
+    """The job's output dir and the file its job logging writes to, when Hydra says."""
+    if hydra_cfg is None:
+        return None, None
+    try:
+        output_dir = str(hydra_cfg.hydra.runtime.output_dir)
+        handlers = hydra_cfg.hydra.job_logging.get("handlers") or {}
+        for handler in handlers.values():
+            if "filename" in handler:
+                return output_dir, str(Path(output_dir) / Path(str(handler.filename)).name)
+        return output_dir, None
+    except Exception:  # noqa: BLE001 - a log path is a courtesy, never a failure
+        return None, None
+
+
+def _sendable_error(error: BaseException) -> BaseException:
+    """``error`` if it survives pickling both ways, else a stand-in keeping its text."""
+    try:
+        pickle.loads(dumps(error))
+        return error
+    except Exception:  # noqa: BLE001
+        text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        return RemoteJobError(f"{type(error).__name__}: {error}\n{text}")
+
+
+def _pickle_return(ret: JobReturn, spec: JobSpec) -> Tuple[bytes, bytes, JobReturn]:
+    """``ret`` without its configs, pickled; its (cfg, hydra_cfg), pickled; and ``ret``."""
+    if ret.status == JobStatus.FAILED:
+        ret._return_value = _sendable_error(ret._return_value)
+    configs = dumps((ret.cfg, ret.hydra_cfg)) if ret.cfg is not None else b""
+    head = dataclasses.replace(ret, cfg=None, hydra_cfg=None) if configs else ret
+    try:
+        return dumps(head), configs, ret
+    except Exception as error:  # noqa: BLE001
+        ret._return_value = head._return_value = not_sendable(spec, ret._return_value, error)
+        ret.status = head.status = JobStatus.FAILED
+        return dumps(head), configs, ret
+
+
+# -- what a long-lived worker runs besides jobs ------------------------------------------
+
+
+def init_worker(environ: Dict[str, str]) -> None:
+    """Set a worker's environment variables as it starts (before any job runs)."""
+    os.environ.update(environ)
+
+
+def warm_worker(meeting_dir: str, count: int, wait_s: float = 10.0) -> int:
+    """Hold this worker until ``count`` workers hold one such task each (at most ``wait_s``).
+
+    Unpickling this function imports what jobs need (Hydra, this module); the
+    meeting makes ``count`` workers do so, not the first one ready ``count`` times.
+    """
+    Path(meeting_dir, str(os.getpid())).touch()
+    deadline = time.monotonic() + wait_s
+    while len(os.listdir(meeting_dir)) < count and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return os.getpid()
