@@ -52,6 +52,8 @@ class _TaskFailed:
         self.error = error
 
 
+# Longer than our other functions: it is one class body, made in a function so
+# that joblib's dask backend (and distributed) are imported only when used.
 @functools.lru_cache(maxsize=None)
 def _dask_backend_class() -> Any:
     from joblib._dask import DaskDistributedBackend

@@ -244,7 +244,9 @@ def _choice(key: str, value: Any, choices: Tuple[Optional[str], ...]) -> Any:
     return value
 
 
-def _devices(config: Mapping[str, Any]) -> Tuple[Optional[Tuple[str, ...]], int, str]:
+def _devices(
+    config: Mapping[str, Any], backend: str
+) -> Tuple[Optional[Tuple[str, ...]], int, str]:
     per_job = _int("devices_per_job", config.get("devices_per_job", 1), "give a positive integer")
     if per_job < 1:
         raise _refuse("devices_per_job", per_job, "give a positive integer")
@@ -269,7 +271,33 @@ def _devices(config: Mapping[str, Any]) -> Tuple[Optional[Tuple[str, ...]], int,
             f"hydra.launcher.devices_per_job={per_job} asks for {per_job} per job; "
             "list more devices or lower devices_per_job"
         )
+    if backend in DISTRIBUTED_BACKENDS:
+        raise _refuse(
+            "devices",
+            list(devices),
+            f"backend={backend} cannot promise each job its own devices (the pool would be "
+            "per launcher, not per worker host); use loky or multiprocessing",
+            "On a cluster, give each worker its GPU where the worker starts "
+            "(for example CUDA_VISIBLE_DEVICES per dask worker)",
+        )
     return devices, per_job, env
+
+
+def _inner_max_num_threads(value: Any, backend: str) -> Optional[int]:
+    if value is None:
+        return None
+    inner = _int("inner_max_num_threads", value, "give a positive integer or null")
+    if inner < 1:
+        raise _refuse("inner_max_num_threads", inner, "give a positive integer or null")
+    if backend in DISTRIBUTED_BACKENDS:
+        raise _refuse(
+            "inner_max_num_threads",
+            inner,
+            f"backend={backend} cannot apply it (its workers are started outside the "
+            f"launcher); use loky or multiprocessing",
+            "On a cluster, set OMP_NUM_THREADS and friends where the workers start",
+        )
+    return inner
 
 
 def validate(config: Mapping[str, Any]) -> LaunchOptions:
@@ -284,32 +312,11 @@ def validate(config: Mapping[str, Any]) -> LaunchOptions:
             "require=sharedmem asks for threads sharing one process, and Hydra jobs "
             "need a process each",
         )
-    inner = config.get("inner_max_num_threads")
-    if inner is not None:
-        inner = _int("inner_max_num_threads", inner, "give a positive integer or null")
-        if inner < 1:
-            raise _refuse("inner_max_num_threads", inner, "give a positive integer or null")
-        if backend in DISTRIBUTED_BACKENDS:
-            raise _refuse(
-                "inner_max_num_threads",
-                inner,
-                f"backend={backend} cannot apply it (its workers are started outside the "
-                f"launcher); use loky or multiprocessing",
-                "On a cluster, set OMP_NUM_THREADS and friends where the workers start",
-            )
+    inner = _inner_max_num_threads(config.get("inner_max_num_threads"), backend)
     verbose = _int("verbose", config.get("verbose", 0), "give a whole number, 0 or more")
     if verbose < 0:
         raise _refuse("verbose", verbose, "give a whole number, 0 or more")
-    devices, per_job, device_env = _devices(config)
-    if devices is not None and backend in DISTRIBUTED_BACKENDS:
-        raise _refuse(
-            "devices",
-            list(devices),
-            f"backend={backend} cannot promise each job its own devices (the pool would be "
-            "per launcher, not per worker host); use loky or multiprocessing",
-            "On a cluster, give each worker its GPU where the worker starts "
-            "(for example CUDA_VISIBLE_DEVICES per dask worker)",
-        )
+    devices, per_job, device_env = _devices(config, backend)
     resume = config.get("resume", False)
     if not isinstance(resume, bool):
         raise _refuse("resume", resume, "give true or false")

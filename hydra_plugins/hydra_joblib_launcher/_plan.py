@@ -16,13 +16,14 @@ import pickle
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from hydra.core.singleton import Singleton
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
 from ._jobfiles import JobFiles, write_atomically
+from ._options import LaunchOptions
 from ._pickling import dumps
 
 
@@ -59,6 +60,29 @@ class JobSpec:
     def shown(self) -> str:
         """The job's overrides as a user typed them, for messages."""
         return " ".join(self.overrides) or "(no overrides)"
+
+
+def plan(
+    jobs: Sequence[Tuple[int, Sequence[str]]],
+    *,
+    options: LaunchOptions,
+    context_file: Path,
+    marker_dir: Path,
+    sweep_dir: Path,
+) -> List[JobSpec]:
+    """One JobSpec per (number, overrides)."""
+    return [
+        JobSpec(
+            num=num,
+            overrides=tuple(overrides),
+            context_file=str(context_file),
+            marker_dir=str(marker_dir),
+            timeout=options.timeout,
+            device_env=options.device_env if options.devices is not None else None,
+            sweep_dir=str(sweep_dir) if options.distributed else None,
+        )
+        for num, overrides in jobs
+    ]
 
 
 def pickle_context(context: SharedContext) -> bytes:

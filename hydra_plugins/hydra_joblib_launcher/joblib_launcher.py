@@ -109,7 +109,7 @@ def _launch(
     job_overrides: Sequence[Sequence[str]],
     initial_job_idx: int,
 ) -> List[JobReturn]:
-    from ._plan import JobSpec
+    from ._plan import plan
     from ._resume import load_completed
 
     assert launcher.config is not None, "checked by launch()"
@@ -132,18 +132,9 @@ def _launch(
         context_file = _send_once(
             launcher, run_dir if options.distributed else _local_context_dir()
         )
-        specs = [
-            JobSpec(
-                num=num,
-                overrides=tuple(overrides),
-                context_file=str(context_file),
-                marker_dir=str(run_dir),
-                timeout=options.timeout,
-                device_env=options.device_env if options.devices is not None else None,
-                sweep_dir=str(sweep_dir) if options.distributed else None,
-            )
-            for num, overrides in jobs
-        ]
+        specs = plan(
+            jobs, options=options, context_file=context_file, marker_dir=run_dir, sweep_dir=sweep_dir
+        )
         done = load_completed(specs, sweep_dir) if options.resume else {}
         to_run = [spec for spec in specs if spec.num not in done]
         if options.resume:
