@@ -33,6 +33,15 @@ CASES = [
     (["batch_size=0"], "batch_size='0'", 'a positive integer or "auto"'),
     (["max_nbytes=huge"], "max_nbytes='huge'", "give a size in bytes"),
     (["inner_max_num_threads=0"], "inner_max_num_threads=0", "give a positive integer or null"),
+    # upstream's keys and limits (hydra-joblib-launcher 1.4)
+    (["n_jobs=-100"], "n_jobs=-100", "a negative n_jobs goes down to"),
+    (["maxtasksperchild=1"], "maxtasksperchild=1", "applies to backend=multiprocessing only"),
+    (
+        ["backend=multiprocessing", "maxtasksperchild=2"],
+        "maxtasksperchild=2",
+        "give 1 or null",
+    ),
+    (["backend=multiprocessing", "batch_size=2"], "batch_size='2'", 'give 1 or "auto"'),
     (
         ["devices=[0]", "devices_per_job=2"],
         "devices=[0] holds 1 device id(s), but hydra.launcher.devices_per_job=2",
@@ -70,8 +79,7 @@ def test_bad_launcher_config_is_one_clear_error_before_any_job(
     assert message.startswith(f"hydra.launcher.{key_value}"), message
     assert "is not supported" in message or "asks for" in message, message
     assert allowed in message, message
-    # refused before the launch: nothing announced, no job dir, no manifest
+    # refused when the launcher is set up: nothing announced, nothing written, not even
+    # Hydra's multirun.yaml
     assert "Launching jobs" not in run.output, run.output
-    assert not (sweep_dir / "0").exists()
-    assert not (sweep_dir / "1").exists()
-    assert not (sweep_dir / "jobs.jsonl").exists()
+    assert not sweep_dir.exists(), sorted(p.name for p in sweep_dir.iterdir())

@@ -302,3 +302,37 @@ def test_launch_options_are_frozen_and_picklable() -> None:
     with pytest.raises(FrozenInstanceError):
         options.n_jobs = 3  # type: ignore[misc]
     assert pickle.loads(pickle.dumps(options)) == options
+
+
+# -- upstream's keys and limits (hydra-joblib-launcher 1.4) ---------------------------------
+
+
+@pytest.mark.parametrize("value", [1, None])
+def test_maxtasksperchild_is_accepted_as_upstream_does(value: Any) -> None:
+    options = validate({"backend": "multiprocessing", "maxtasksperchild": value})
+    assert options.backend == "multiprocessing"
+
+
+@pytest.mark.parametrize("batch_size", ["auto", 1, "1"])
+def test_multiprocessing_takes_one_job_per_batch(batch_size: Any) -> None:
+    assert validate({"backend": "multiprocessing", "batch_size": batch_size}).batch_size in (
+        "auto",
+        1,
+    )
+
+
+@pytest.mark.parametrize("n_jobs, cpus", [(-2, 2), (-8, 8), (-1, 1), (3, 1)])
+def test_negative_n_jobs_down_to_minus_the_cpu_count(n_jobs: int, cpus: int) -> None:
+    assert validate({"n_jobs": n_jobs}, cpu_count=cpus).workers(cpus) >= 1
+
+
+@pytest.mark.parametrize("n_jobs, cpus", [(-3, 2), (-100, 8)])
+def test_n_jobs_below_minus_the_cpu_count_is_refused(n_jobs: int, cpus: int) -> None:
+    with pytest.raises(LauncherConfigError) as error:
+        validate({"n_jobs": n_jobs}, cpu_count=cpus)
+    assert f"hydra.launcher.n_jobs={n_jobs} is not supported" in str(error.value)
+    assert f"goes down to -{cpus}" in str(error.value)
+
+
+def test_n_jobs_on_a_cluster_counts_its_workers_not_this_machine() -> None:
+    assert validate({"backend": "dask", "n_jobs": -10}, cpu_count=2).n_jobs == -10

@@ -157,12 +157,39 @@ def _int(key: str, value: Any, allowed: str) -> int:
     return value
 
 
-def _n_jobs(value: Any) -> int:
+def _n_jobs(value: Any, backend: str, cpu_count: Optional[int]) -> int:
     allowed = "use a positive number of jobs, or -1 for one per CPU core (-2: all but one)"
     n_jobs = _int("n_jobs", value, allowed)
     if n_jobs == 0:
         raise _refuse("n_jobs", value, allowed)
+    # On a cluster, n_jobs counts the cluster's workers: checked when it is reached.
+    if cpu_count is not None and backend in PROCESS_BACKENDS and n_jobs < -cpu_count:
+        raise _refuse(
+            "n_jobs",
+            value,
+            f"this machine has {cpu_count} CPU cores, so a negative n_jobs goes down to "
+            f"-{cpu_count} (one job at a time); {allowed}",
+        )
     return n_jobs
+
+
+def _maxtasksperchild(value: Any, backend: str) -> None:
+    """Upstream's key: each job of backend=multiprocessing has a process of its own, so 1 or null."""
+    if value is None:
+        return
+    if backend != "multiprocessing":
+        raise _refuse(
+            "maxtasksperchild",
+            value,
+            "it applies to backend=multiprocessing only (where it is 1: a fresh process per job); "
+            "remove it",
+        )
+    if isinstance(value, bool) or value != 1:
+        raise _refuse(
+            "maxtasksperchild",
+            value,
+            "backend=multiprocessing runs every job in a process of its own: give 1 or null",
+        )
 
 
 def _timeout(value: Any) -> Optional[float]:
@@ -214,13 +241,19 @@ def pre_dispatch_count(pre_dispatch: Union[int, str], n_jobs: int) -> Union[int,
     return max(int(n_jobs * _factor(pre_dispatch)), 1)
 
 
-def _batch_size(value: Any) -> Union[int, str]:
+def _batch_size(value: Any, backend: str) -> Union[int, str]:
     number = _positive_int_text(value)
-    if number is not None:
-        return number
-    if value == "auto":
-        return "auto"
-    raise _refuse("batch_size", value, 'give a positive integer or "auto"')
+    if value == "auto" or (number is not None and backend != "multiprocessing"):
+        return "auto" if number is None else number
+    if number is None:
+        raise _refuse("batch_size", value, 'give a positive integer or "auto"')
+    if number != 1:  # backend=multiprocessing
+        raise _refuse(
+            "batch_size",
+            value,
+            'backend=multiprocessing runs every job in a process of its own: give 1 or "auto"',
+        )
+    return number
 
 
 def _max_nbytes(value: Any) -> Optional[int]:
@@ -300,9 +333,13 @@ def _inner_max_num_threads(value: Any, backend: str) -> Optional[int]:
     return inner
 
 
-def validate(config: Mapping[str, Any]) -> LaunchOptions:
-    """Check the ``hydra.launcher`` node and return the options the launcher runs with."""
+def validate(config: Mapping[str, Any], *, cpu_count: Optional[int] = None) -> LaunchOptions:
+    """Check the ``hydra.launcher`` node and return the options the launcher runs with.
+
+    ``cpu_count``: this machine's, to check a negative ``n_jobs`` against.
+    """
     backend = _backend(config.get("backend", "loky"))
+    _maxtasksperchild(config.get("maxtasksperchild"), backend)
     require = config.get("require")
     if require is not None:
         raise _refuse(
@@ -322,12 +359,12 @@ def validate(config: Mapping[str, Any]) -> LaunchOptions:
         raise _refuse("resume", resume, "give true or false")
     return LaunchOptions(
         backend=backend,
-        n_jobs=_n_jobs(config.get("n_jobs", -1)),
+        n_jobs=_n_jobs(config.get("n_jobs", -1), backend, cpu_count),
         prefer=_choice("prefer", config.get("prefer", "processes"), ("processes", "threads")),
         verbose=verbose,
         timeout=_timeout(config.get("timeout")),
         pre_dispatch=_pre_dispatch(config.get("pre_dispatch", "2*n_jobs")),
-        batch_size=_batch_size(config.get("batch_size", "auto")),
+        batch_size=_batch_size(config.get("batch_size", "auto"), backend),
         temp_folder=config.get("temp_folder"),
         max_nbytes=_max_nbytes(config.get("max_nbytes")),
         mmap_mode=_choice("mmap_mode", config.get("mmap_mode", "r"), MMAP_MODES),

@@ -56,6 +56,8 @@ class JobLibLauncherConf:
     mmap_mode: Optional[str] = "r"
     # threads each worker's native pools (OpenMP, BLAS) may use; null: the library default
     inner_max_num_threads: Optional[int] = None
+    # upstream's key for backend=multiprocessing, where every job has a fresh process: 1 or null
+    maxtasksperchild: Optional[int] = None
 
     # device ids handed out to running jobs, such as [0,1,2,3] or MIG ids; null: no assignment
     devices: Optional[List[Any]] = None

@@ -36,9 +36,10 @@ log = logging.getLogger(__name__)
 
 class JoblibLauncher(Launcher):
     def __init__(self, **params: Any) -> None:
-        # Validated at launch, so that a bad value is reported as a Hydra error
-        # the user can act on, before any job dir exists.
+        # Validated in setup(): Hydra sets the launcher up before it makes the sweep
+        # dir, so a bad value is one clear error and nothing is written.
         self.params = params
+        self.options: Optional["LaunchOptions"] = None
         self.config: Optional[DictConfig] = None
         self.task_function: Optional[TaskFunction] = None
         self.hydra_context: Optional[HydraContext] = None
@@ -50,39 +51,27 @@ class JoblibLauncher(Launcher):
         task_function: TaskFunction,
         config: DictConfig,
     ) -> None:
+        from joblib import cpu_count  # here, not at import: Hydra imports plugins at every start
+
+        from ._options import validate
+        from ._pools import warm_up
+
+        self.options = validate(_plain(self.params), cpu_count=cpu_count())
         self.config = config
         self.hydra_context = hydra_context
         self.task_function = task_function
-        _start_workers(self.params)
+        # The workers start now, while Hydra composes the sweep's jobs.
+        warm_up(self.options)
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
-        if self.config is None or self.hydra_context is None or self.task_function is None:
+        if self.options is None or self.config is None:
             raise LauncherError("JoblibLauncher.launch() was called before setup()")
-        from ._options import validate  # here, not at import: Hydra imports plugins at every start
-
-        options = validate(_plain(self.params))
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         with _interrupts_as_exceptions():
-            return _launch(self, options, job_overrides, initial_job_idx)
-
-
-def _start_workers(params: Dict[str, Any]) -> None:
-    """Start the worker pool now, while Hydra composes the sweep's jobs, if the config is valid.
-
-    A config that is not is left for ``launch()`` to report.
-    """
-    from ._options import validate
-    from ._pools import warm_up
-
-    try:
-        options = validate(_plain(params))
-    except Exception as error:  # noqa: BLE001 - launch() validates again and says what is wrong
-        log.debug("Not starting workers before launch: %r", error)
-        return
-    warm_up(options)
+            return _launch(self, self.options, job_overrides, initial_job_idx)
 
 
 @functools.lru_cache(maxsize=None)
