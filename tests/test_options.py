@@ -14,11 +14,8 @@ from joblib._utils import eval_expr
 from joblib.disk import memstr_to_bytes
 
 from hydra_plugins.hydra_joblib_launcher._errors import LauncherConfigError, LauncherError
-from hydra_plugins.hydra_joblib_launcher._options import (
-    LaunchOptions,
-    pre_dispatch_count,
-    validate,
-)
+from hydra_plugins.hydra_joblib_launcher._options import LaunchOptions, validate
+from hydra_plugins.hydra_joblib_launcher._values import pre_dispatch_count
 from hydra_plugins.hydra_joblib_launcher.config import JobLibLauncherConf
 
 ALL_BACKENDS = "choose one of: loky, multiprocessing, dask, ray"

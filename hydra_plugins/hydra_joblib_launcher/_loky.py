@@ -24,11 +24,12 @@ from contextlib import contextmanager
 from typing import Any, Dict, Iterator, Optional, Sequence, Set
 
 from ._errors import PoolBroken
-from ._options import LaunchOptions, pre_dispatch_count
+from ._options import LaunchOptions
 from ._outcome import JobOutcome
 from ._plan import JobSpec
 from ._run import init_worker, run_job_spec, warm_worker
 from ._script import script_is_guarded
+from ._values import pre_dispatch_count
 
 log = logging.getLogger(__name__)
 
