@@ -4,6 +4,7 @@ Each test runs tests/apps/faulty.py as a user would, with six jobs on two
 workers, one of which misbehaves.
 """
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -282,7 +283,7 @@ def test_optuna_sees_every_healthy_trial_when_jobs_crash(tmp_path: Path) -> None
         env=app_env(),
     )
     assert proc.returncode == 0, proc.stderr
-    with sqlite3.connect(db) as connection:
+    with contextlib.closing(sqlite3.connect(db)) as connection:  # Python 3.13 warns if left open
         rows = connection.execute(
             "SELECT t.state, p.param_value, v.value FROM trials t "
             "JOIN trial_params p ON p.trial_id = t.trial_id "

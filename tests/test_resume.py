@@ -178,7 +178,13 @@ def test_the_sweeper_receives_every_return_value_after_resume(resumed: Resumed) 
     assert all(r["copy_equal"] for r in returns), returns
 
 
-def test_every_job_is_completed_on_disk_with_its_return_value(resumed: Resumed) -> None:
+def test_every_job_is_completed_on_disk_with_its_return_value(
+    resumed: Resumed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A result's hydra_cfg names the sweeper's config class; on Hydra 1.4 by reference
+    # (1.3 re-executes plugin modules at its scan, so cloudpickle sends the class by
+    # value): whoever reads it back has the sweeper installed, as the app has.
+    monkeypatch.syspath_prepend(PLUGIN_PATH)
     last: Dict[int, Dict[str, Any]] = {}
     for record in manifest(resumed.sweep_dir):
         last[record["num"]] = record

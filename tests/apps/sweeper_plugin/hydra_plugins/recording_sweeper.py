@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
+import omegaconf
 from omegaconf import OmegaConf
 
 
@@ -32,6 +33,15 @@ class RecordingSweeperConf:
 ConfigStore.instance().store(group="hydra/sweeper", name="recording", node=RecordingSweeperConf)
 
 
+def _register_resolver(name: str, resolver: Any) -> None:
+    # OmegaConf 2.4 (Hydra 1.4) deprecates register_new_resolver for register_resolver,
+    # the name 2.3 keeps for its deprecated legacy API.
+    if tuple(int(part) for part in omegaconf.__version__.split(".")[:2]) >= (2, 4):
+        OmegaConf.register_resolver(name, resolver, replace=True)
+    else:
+        OmegaConf.register_new_resolver(name, resolver, replace=True)
+
+
 class RecordingSweeper(BasicSweeper):
     def sweep(self, arguments: List[str]) -> Any:
         assert self.launcher is not None
@@ -42,9 +52,7 @@ class RecordingSweeper(BasicSweeper):
             # ``${recording_batch:}`` is 1 in the jobs of the first batch, 2 in the next...
             nonlocal launched
             launched += 1
-            OmegaConf.register_new_resolver(
-                "recording_batch", lambda batch=launched: batch, replace=True
-            )
+            _register_resolver("recording_batch", lambda batch=launched: batch)
             return launch(job_overrides, initial_job_idx)
 
         self.launcher.launch = launch_numbered  # type: ignore[method-assign]
