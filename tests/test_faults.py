@@ -15,7 +15,7 @@ from typing import Any, List
 
 import pytest
 
-from conftest import APPS, Run, app_env, run_app
+from conftest import APPS, Run, app_env, jobs, run_app
 
 BACKENDS = ["loky", "multiprocessing"]
 NAMES = "abcdef"
@@ -129,6 +129,43 @@ def test_a_result_that_cannot_be_pickled_fails_its_job_with_a_clear_error(
     assert "ResultNotSendable: job #2" in run.output  # ...but its result could not come back
     assert "cannot be pickled back to the launcher" in run.output
     assert "define its class at module level" in run.output
+
+
+UNLOADABLE = [
+    pytest.param("loky", "unloadable", "RuntimeError: the value of job c refuses to be unpickled"),
+    pytest.param("loky", "worker_only", "No module named 'worker_only_module'"),
+    pytest.param("multiprocessing", "unloadable", "RuntimeError: the value of job c refuses"),
+    pytest.param("multiprocessing", "worker_only", "No module named 'worker_only_module'"),
+    pytest.param(
+        "dask", "unloadable", "RuntimeError: the value of job c refuses", marks=pytest.mark.dask
+    ),
+]
+
+
+@pytest.mark.parametrize("backend, mode, why", UNLOADABLE)
+def test_a_result_the_launcher_cannot_unpickle_fails_its_job_alone(
+    backend: str, mode: str, why: str, sweep_dir: Path
+) -> None:
+    if backend == "dask":
+        pytest.importorskip("distributed")
+    run = run_app(
+        APPS / "faulty.py",
+        [*launcher_args(backend, sweep_dir), f"+name={','.join(NAMES)}", "+work=0.3", f"+modes.c={mode}"],
+        cwd=sweep_dir.parent,
+        env={"DASK_TEMPORARY_DIRECTORY": str(sweep_dir.parent)},
+    )
+
+    assert run.returncode != 0  # Hydra's basic sweeper re-raises the first failure
+    assert finished(sweep_dir) == list(NAMES)  # c's task ran to its end
+    assert "6 jobs, 5 completed, 1 failed" in run.output, run.output
+    assert "_supervisor.py" not in run.output  # no traceback of the launcher's own
+    line = next(line for line in run.output.splitlines() if "#2 : " in line and "FAILED" in line)
+    assert f"ResultNotLoadable: job #2 (+name=c +work=0.3 +modes.c={mode}) completed" in line
+    assert why in line
+    assert "Return plain data" in line  # and what to return instead
+    records = jobs(sweep_dir)
+    assert [r["status"] for r in records] == ["COMPLETED"] * 2 + ["FAILED"] + ["COMPLETED"] * 3
+    assert records[2]["error_type"] == "ResultNotLoadable"
 
 
 def test_a_task_that_cannot_be_pickled_fails_before_any_job_starts(tmp_path: Path) -> None:

@@ -36,6 +36,10 @@ class ResultNotSendable(JobFailure):
     """The job's return value (or its exception) could not be pickled back to the launcher."""
 
 
+class ResultNotLoadable(JobFailure):
+    """The job's return value was pickled in its process but cannot be unpickled in the launcher's."""
+
+
 class RemoteJobError(JobFailure):
     """Stands in for a job's exception that could not be pickled, keeping its type, message and traceback."""
 

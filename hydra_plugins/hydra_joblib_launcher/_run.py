@@ -94,7 +94,13 @@ def _outcome_of(
         error=error_text,
         devices=_devices(spec),
         configs=configs,
+        return_type=_type_name(ret._return_value) if error_type is None else None,
     )
+
+
+def _type_name(value: Any) -> str:
+    cls = type(value)
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _settled_before_start(spec: JobSpec, started: float) -> Optional[JobOutcome]:

@@ -20,7 +20,13 @@ from typing import Callable, Dict, List, Protocol, Sequence
 from hydra.core.utils import JobReturn
 
 from ._errors import PoolBroken
-from ._outcome import JobOutcome, crash_error, failed_outcome, timeout_error
+from ._outcome import (
+    JobOutcome,
+    crash_error,
+    failed_outcome,
+    timeout_error,
+    unloadable_outcome,
+)
 from ._plan import JobSpec
 from ._pools import Pool, Pools
 
@@ -39,14 +45,21 @@ def supervise(specs: Sequence[JobSpec], *, pools: Pools, report: Report) -> Dict
     """Run ``specs`` on ``pools.main`` and return every job's JobReturn, by job number.
 
     Each result is unpickled as it arrives, while other jobs still run, so the
-    batch has no tail of unpickling at its end and keeps no pickled copies.
+    batch has no tail of unpickling at its end and keeps no pickled copies. A
+    result that cannot be unpickled here fails its job alone.
     """
     outcomes: Dict[int, JobReturn] = {}
+    by_num = {spec.num: spec for spec in specs}
     pool = pools.main
     running: List[Pool] = [pool]
 
     def record(outcome: JobOutcome) -> None:
-        outcomes[outcome.num] = outcome.job_return()
+        try:
+            ret = outcome.job_return()
+        except Exception as error:  # noqa: BLE001 - whatever unpickling raises: that job alone fails
+            outcome = unloadable_outcome(by_num[outcome.num], outcome, error)
+            ret = outcome.job_return()
+        outcomes[outcome.num] = ret
         report.job_ended(outcome)
 
     queue = list(specs)
