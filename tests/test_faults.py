@@ -97,6 +97,41 @@ def test_a_job_that_kills_its_worker_fails_alone(
     assert "Batch done" in run.output and "5 completed, 1 failed" in run.output
 
 
+def test_a_loky_worker_crash_runs_again_no_job_that_finished_or_never_started(
+    tmp_path: Path,
+) -> None:
+    """Jobs go to workers in batches of three: [a, b, c] and [d, e, f]. a ends at once, b
+    kills its worker 1.5 s later, c never starts; d, e and f have long ended by then.
+
+    a finished, but its result waits for the batch's end, which never comes; c
+    was handed to loky but never started. Neither runs again: only b, the job
+    that crashed, was running, and it alone fails.
+    """
+    sweep_dir, count_dir = tmp_path / "sweep", tmp_path / "counts"
+    count_dir.mkdir()
+    run = run_app(
+        APPS / "paced.py",
+        [
+            *launcher_args("loky", sweep_dir),
+            "hydra.launcher.batch_size=3",
+            "hydra.launcher.pre_dispatch=all",
+            f"+name={','.join(NAMES)}",
+            f"+count_dir={count_dir}",
+            "+modes.b=exit",
+            "+slow.b=1.5",
+        ],
+        cwd=tmp_path,
+    )
+
+    starts = {name: len((count_dir / f"{name}.runs").read_text().split()) for name in NAMES}
+    assert starts == dict.fromkeys(NAMES, 1), run.output
+    assert "WorkerCrashed: job #1 (+name=b" in run.output
+    assert "6 jobs, 5 completed, 1 failed" in run.output
+    assert "each in a process of its own" not in run.output  # nothing for quarantine
+    records = jobs(sweep_dir)
+    assert [r["status"] for r in records] == ["COMPLETED", "FAILED"] + ["COMPLETED"] * 4
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_job_past_its_timeout_is_stopped_alone(backend: str, sweep_dir: Path) -> None:
     run = sweep(backend, sweep_dir, "+modes.c=sleep", "hydra.launcher.timeout=3")

@@ -1,9 +1,9 @@
 """The sweep's manifest, written and read here only.
 
 ``jobs.jsonl`` in the sweep dir holds one JSON object per ended job, appended
-as each job ends; each completed job's whole ``JobReturn`` is pickled beside
-its outputs (``.hydra/job_return.pkl``), for ``resume``. A later record of the
-same overrides replaces an earlier one.
+as each job ends; each job's process keeps its whole ``JobReturn`` beside its
+outputs (``.hydra/job_return.pkl``, see :mod:`._durable`), for ``resume``. A
+later record of the same overrides replaces an earlier one.
 """
 
 import json
@@ -17,20 +17,14 @@ from ._outcome import JobOutcome
 log = logging.getLogger(__name__)
 
 MANIFEST = "jobs.jsonl"
-RETURN_FILE = "job_return.pkl"  # in the job's .hydra folder
 
 
 def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat(timespec="milliseconds")
 
 
-def return_file(output_dir: str) -> Path:
-    """Where a completed job's JobReturn is kept."""
-    return Path(output_dir) / ".hydra" / RETURN_FILE
-
-
 def record_job(sweep_dir: Path, outcome: JobOutcome, overrides: Sequence[str]) -> None:
-    """Append the job's record to the manifest; keep a completed job's result beside its outputs."""
+    """Append the job's record to the manifest (its process kept its result, see :mod:`._durable`)."""
     record: Dict[str, Any] = {
         "num": outcome.num,
         "overrides": list(overrides),
@@ -44,14 +38,8 @@ def record_job(sweep_dir: Path, outcome: JobOutcome, overrides: Sequence[str]) -
         "log_file": outcome.log_file,
         "devices": list(outcome.devices) if outcome.devices is not None else None,
     }
-    if outcome.completed and outcome.output_dir:
-        path = return_file(outcome.output_dir)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(outcome.stored_return())
-            record["return_file"] = str(path)
-        except OSError as error:
-            log.warning(f"#{outcome.num}: cannot keep its result for resume ({error})")
+    if outcome.completed and outcome.return_file:
+        record["return_file"] = outcome.return_file
     if not outcome.completed:
         record["error_type"] = outcome.error_type
         record["error"] = outcome.error

@@ -2,10 +2,12 @@
 
     run_job_spec(spec)
       ├─ settled before it starts? (a cluster re-ran a job that already timed out or died too often)
+      ├─ notes that it started (JobFiles): from now on a death of this process is this job's
       ├─ load_context (once per process) ─▶ Hydra's global state
       ├─ time_limit ─▶ compose the job's config ─▶ hydra.core.utils.run_job(task)
       │                                            the task first notes where it runs (JobFiles)
-      └─ JobOutcome: plain data, the JobReturn pickled (its configs apart)
+      └─ JobOutcome: plain data, the JobReturn pickled (its configs apart),
+         kept in the job dir (_durable) before it is returned
 
 Never raises for anything the job does: a failing task gives a FAILED outcome.
 Only the death of the process itself is left to the supervisor.
@@ -26,6 +28,7 @@ from hydra.core.utils import JobReturn, JobStatus, run_job, setup_globals
 from hydra.types import TaskFunction
 from omegaconf import DictConfig, open_dict
 
+from ._durable import forget, keep
 from ._errors import RemoteJobError
 from ._limits import time_limit
 from ._outcome import (
@@ -51,7 +54,8 @@ def run_job_spec(spec: JobSpec, *, long_lived: bool = True) -> JobOutcome:
     started = time.time()
     settled = _settled_before_start(spec, started)
     if settled is not None:
-        return settled
+        return keep(spec, settled)
+    spec.files.note_started({"pid": os.getpid(), "host": socket.gethostname(), "started": started})
     context = load_context(spec.context_file, long_lived=long_lived)
     setup_globals()
     where_logged: Dict[str, Any] = {}
@@ -69,7 +73,7 @@ def run_job_spec(spec: JobSpec, *, long_lived: bool = True) -> JobOutcome:
         ret._return_value = error
     if spec.max_worker_deaths is not None:
         spec.files.forget_starts()
-    return _outcome_of(spec, ret, started=started, where_logged=where_logged)
+    return keep(spec, _outcome_of(spec, ret, started=started, where_logged=where_logged))
 
 
 def _outcome_of(
@@ -123,6 +127,7 @@ def _note_started(spec: JobSpec) -> Tuple[Optional[str], Optional[str]]:
     Called as the task starts: Hydra has set the job's config and its logging up.
     """
     output_dir = str(HydraConfig.get().runtime.output_dir)
+    forget(output_dir)  # before the note: a kept outcome in a noted dir is this run's
     log_file = next(
         (
             handler.baseFilename
