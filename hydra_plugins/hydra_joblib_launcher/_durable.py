@@ -6,7 +6,7 @@
     job ends    ─▶ keep(spec, outcome)              a pool broke ─▶ recover(spec): the outcome, or None
                      <output_dir>/.hydra/job_return.pkl    (the JobReturn, as Hydra's class)
                      <output_dir>/.hydra/job_outcome.json  (how it ended; written last)
-                   ─▶ then the outcome is sent back  resume ─▶ reads them back (_resume)
+                   ─▶ then the outcome is sent back  resume ─▶ kept_records(sweep_dir), read_return(path)
 
 The record vouches for the pickle beside it: both are written atomically, the
 record last, and both are removed as the job's task starts, so a record is
@@ -18,9 +18,12 @@ dir instead (:class:`JobFiles`), where only the launch that ran it looks.
 import dataclasses
 import json
 import logging
+import os
 import pickle
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Optional, Tuple
+
+from hydra.core.utils import JobReturn
 
 from ._jobfiles import write_atomically
 from ._outcome import JobOutcome
@@ -118,3 +121,51 @@ def outcome_of(record: Dict[str, Any], stored_return: bytes) -> JobOutcome:
     if fields.get("devices") is not None:
         fields["devices"] = tuple(fields["devices"])
     return JobOutcome(payload=stored_return, **fields)
+
+
+def kept_records(sweep_dir: Path) -> Dict[Tuple[str, ...], Dict[str, Any]]:
+    """The records kept in the job dirs under ``sweep_dir``, by overrides (the one that ended last)."""
+    found: Dict[Tuple[str, ...], Dict[str, Any]] = {}
+    for path in _record_files(sweep_dir):
+        record = read_record(path)
+        if record is None or not _is_whole(record):
+            continue
+        key = tuple(record["overrides"])
+        if key not in found or record["ended"] > found[key]["ended"]:
+            found[key] = record
+    return found
+
+
+def _is_whole(record: Dict[str, Any]) -> bool:
+    overrides = record.get("overrides")
+    return (
+        isinstance(overrides, list)
+        and all(isinstance(o, str) for o in overrides)
+        and isinstance(record.get("ended"), (int, float))
+        and isinstance(record.get("num"), int)
+    )
+
+
+def _record_files(sweep_dir: Path) -> Iterator[Path]:
+    """The record files under ``sweep_dir``, found without walking the jobs' own outputs.
+
+    A dir holding a ``.hydra`` folder is a job's dir: its record is there, or
+    nowhere. Hidden dirs (the launch's marker dirs) hold no job.
+    """
+    for top, dirs, _ in os.walk(sweep_dir):
+        if ".hydra" in dirs:
+            path = Path(top, ".hydra", RECORD_FILE)
+            if path.is_file():
+                yield path
+            dirs.clear()
+        else:
+            dirs[:] = [name for name in dirs if not name.startswith(".")]
+
+
+def read_return(path: str) -> JobReturn:
+    """A kept JobReturn, read back (with the classes of its value, which must be importable)."""
+    with open(path, "rb") as f:
+        ret = pickle.load(f)
+    if not isinstance(ret, JobReturn):
+        raise TypeError(f"{path} holds a {type(ret).__name__}, not a JobReturn")
+    return ret

@@ -28,6 +28,7 @@ from hydra.core.utils import JobReturn, JobStatus, run_job, setup_globals
 from hydra.types import TaskFunction
 from omegaconf import DictConfig, open_dict
 
+from ._digest import config_view, digest
 from ._durable import forget, keep
 from ._errors import RemoteJobError
 from ._limits import time_limit
@@ -59,12 +60,15 @@ def run_job_spec(spec: JobSpec, *, long_lived: bool = True) -> JobOutcome:
     context = load_context(spec.context_file, long_lived=long_lived)
     setup_globals()
     where_logged: Dict[str, Any] = {}
+    config_digest = None
     try:
         with time_limit(spec):
+            config = _sweep_config(context, spec)
+            config_digest = digest(config_view(config))  # before run_job adds run-time facts
             ret = run_job(
                 hydra_context=context.hydra_context,
                 task_function=_announced(context.task_function, spec, where_logged),
-                config=_sweep_config(context, spec),
+                config=config,
                 job_dir_key="hydra.sweep.dir",
                 job_subdir_key="hydra.sweep.subdir",
             )
@@ -73,7 +77,8 @@ def run_job_spec(spec: JobSpec, *, long_lived: bool = True) -> JobOutcome:
         ret._return_value = error
     if spec.max_worker_deaths is not None:
         spec.files.forget_starts()
-    return keep(spec, _outcome_of(spec, ret, started=started, where_logged=where_logged))
+    outcome = _outcome_of(spec, ret, started=started, where_logged=where_logged)
+    return keep(spec, dataclasses.replace(outcome, config_digest=config_digest))
 
 
 def _outcome_of(

@@ -17,7 +17,7 @@ import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, setup_globals
@@ -109,6 +109,7 @@ def _launch(
     job_overrides: Sequence[Sequence[str]],
     initial_job_idx: int,
 ) -> List[JobReturn]:
+    from ._manifest import close_cut_line
     from ._plan import plan
     from ._resume import load_completed
 
@@ -123,6 +124,7 @@ def _launch(
     jobs = list(zip(range(initial_job_idx, initial_job_idx + len(job_overrides)), job_overrides))
     _log_launch(options, n_workers=n_workers, where=where, sweep_dir=sweep_dir, jobs=jobs)
     sweep_dir.mkdir(parents=True, exist_ok=True)
+    close_cut_line(sweep_dir)
 
     # Context and markers: on the shared sweep dir when workers may be elsewhere.
     run_dir = Path(
@@ -135,7 +137,7 @@ def _launch(
         specs = plan(
             jobs, options=options, context_file=context_file, marker_dir=run_dir, sweep_dir=sweep_dir
         )
-        done = load_completed(specs, sweep_dir) if options.resume else {}
+        done = load_completed(specs, sweep_dir, compose=_composer(launcher)) if options.resume else {}
         to_run = [spec for spec in specs if spec.num not in done]
         if options.resume:
             log.info(f"Resuming: {len(done)} jobs completed before are skipped, {len(to_run)} run")
@@ -150,6 +152,13 @@ def _launch(
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
         configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+
+
+def _composer(launcher: JoblibLauncher) -> "Callable[[JobSpec], DictConfig]":
+    """How resume composes a job's config: as the job's process does (see _run)."""
+    assert launcher.hydra_context is not None and launcher.config is not None
+    loader, config = launcher.hydra_context.config_loader, launcher.config
+    return lambda spec: loader.load_sweep_config(config, list(spec.overrides))
 
 
 def _refuse_device_override(options: "LaunchOptions", config: DictConfig) -> None:
