@@ -8,7 +8,8 @@ basic one, recording what the launcher hands back to it
 
 Then what resume must not trust: a config file changed since the jobs ran
 (tests/apps/configured), a launcher killed with SIGKILL whose jobs.jsonl
-missed a completed job and ends in half a line.
+missed a completed job and ends in half a line, and a second launch on a
+sweep dir in use.
 """
 
 import json
@@ -16,6 +17,7 @@ import os
 import pickle
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -333,4 +335,39 @@ def test_resume_after_the_launcher_was_killed_runs_no_completed_job_again(
     returns = json.loads((sweep_dir / "returns.json").read_text())
     assert [r["return_value"] for r in returns] == [expected_value(n) for n in NAMES]
     last = {record["num"]: record["status"] for record in whole_records(sweep_dir)}
-    assert last == dict.fromkeys(range(6), "COMPLETED")  # b's record is whole again
+    assert last == dict.fromkeys(range(6), "COMPLETED")  # the missed record is whole again
+
+
+def test_a_second_launch_on_a_sweep_dir_in_use_stops_with_one_clear_error(tmp_path: Path) -> None:
+    sweep_dir, count_dir, gate = tmp_path / "sweep", tmp_path / "counts", tmp_path / "gate"
+    count_dir.mkdir()
+    gate.write_text("c to f wait while this file exists")
+    args = command("loky", sweep_dir, count_dir, gate)
+    proc = subprocess.Popen(
+        [sys.executable, "-Werror", str(APPS / "paced.py"), *args],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": PLUGIN_PATH},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and completed_in_manifest(sweep_dir) < 2:
+            time.sleep(0.1)
+        second = run_app(APPS / "paced.py", args, cwd=tmp_path, env={"PYTHONPATH": PLUGIN_PATH})
+        gate.unlink()
+        output, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    assert second.returncode == 1, second.output
+    assert f"{sweep_dir} is in use by another launch" in second.stderr
+    assert f"process {proc.pid} on host {socket.gethostname()}" in second.stderr
+    assert "Traceback" not in second.output
+    assert proc.returncode == 0, output
+    assert run_counts(count_dir) == dict.fromkeys(NAMES, 1)  # the second launch ran nothing
+    assert [r["status"] for r in manifest(sweep_dir)] == ["COMPLETED"] * 6

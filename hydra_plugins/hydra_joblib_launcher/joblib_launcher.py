@@ -53,6 +53,7 @@ class JoblibLauncher(Launcher):
         self.config = config
         self.hydra_context = hydra_context
         self.task_function = task_function
+        _hold_sweep_dir(config)
         _start_workers(self.params)
 
     def launch(
@@ -85,6 +86,23 @@ def _start_workers(params: Dict[str, Any]) -> None:
     warm_up(options)
 
 
+def _hold_sweep_dir(config: DictConfig) -> None:
+    """Hold the sweep dir from the start of a multirun, before the sweeper writes into it.
+
+    What this process held for an earlier multirun is let go. A dir that cannot
+    be named yet is held by ``launch()``.
+    """
+    from ._sweeplock import hold, release_all
+
+    release_all()
+    try:
+        sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
+    except Exception as error:  # noqa: BLE001 - launch() holds the dir it writes to
+        log.debug("Not holding the sweep dir before launch: %r", error)
+        return
+    hold(sweep_dir)
+
+
 @functools.lru_cache(maxsize=None)
 def _local_context_dir() -> Path:
     """Where this process keeps the contexts it sends to workers on this machine, until it exits.
@@ -112,6 +130,7 @@ def _launch(
     from ._manifest import close_cut_line
     from ._plan import plan
     from ._resume import load_completed
+    from ._sweeplock import hold
 
     assert launcher.config is not None, "checked by launch()"
     config = launcher.config
@@ -123,7 +142,7 @@ def _launch(
         sweep_dir = sweep_dir.absolute()
     jobs = list(zip(range(initial_job_idx, initial_job_idx + len(job_overrides)), job_overrides))
     _log_launch(options, n_workers=n_workers, where=where, sweep_dir=sweep_dir, jobs=jobs)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    hold(sweep_dir)  # one clear error if another launch writes there
     close_cut_line(sweep_dir)
 
     # Context and markers: on the shared sweep dir when workers may be elsewhere.
