@@ -12,7 +12,7 @@ result the launcher cannot unpickle fails its job alone; every batch ends.
 import pickle
 import socket
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, FrozenSet, Iterator, List, Optional, Sequence
 
@@ -316,3 +316,18 @@ def test_a_result_the_launcher_cannot_unpickle_fails_its_job_alone(jobs: Jobs) -
         assert "Return plain data" in str(error)
     assert_completed(batch, [0, 4])
     assert [o.error_type for o in batch.report.ended if o.num in (1, 3)] == ["ResultNotLoadable"] * 2
+
+
+def test_a_job_a_cluster_runs_again_after_it_ended_returns_its_kept_outcome(jobs: Jobs) -> None:
+    """Dask computes a task again when the worker holding its result dies before delivering it."""
+    from hydra_plugins.hydra_joblib_launcher._run import run_job_spec
+
+    spec = replace(jobs.specs(1)[0], max_worker_deaths=2, context_file="/nonexistent")
+    kept = jobs.run_to_end(spec)
+
+    again = run_job_spec(spec)  # would fail to load the context if it ran the job
+
+    assert again.completed and again.num == 0
+    assert again.job_return().return_value == 0
+    assert (again.started, again.ended, again.return_file) == (kept.started, kept.ended, kept.return_file)
+    assert jobs.starts[0] == 1

@@ -1,7 +1,7 @@
 """The worker side: run one JobSpec the way Hydra's basic launcher runs a job.
 
     run_job_spec(spec)
-      ├─ settled before it starts? (a cluster re-ran a job that already timed out or died too often)
+      ├─ settled before it starts? (a cluster re-ran a job that already ended, timed out or died too often)
       ├─ notes that it started (JobFiles): from now on a death of this process is this job's
       ├─ load_context (once per process) ─▶ Hydra's global state
       ├─ time_limit ─▶ compose the job's config ─▶ hydra.core.utils.run_job(task)
@@ -29,7 +29,7 @@ from hydra.types import TaskFunction
 from omegaconf import DictConfig, open_dict
 
 from ._digest import config_view, digest
-from ._durable import forget, keep
+from ._durable import forget, keep, recover
 from ._errors import RemoteJobError
 from ._limits import time_limit
 from ._outcome import (
@@ -55,7 +55,7 @@ def run_job_spec(spec: JobSpec, *, long_lived: bool = True) -> JobOutcome:
     started = time.time()
     settled = _settled_before_start(spec, started)
     if settled is not None:
-        return keep(spec, settled)
+        return settled
     spec.files.note_started({"pid": os.getpid(), "host": socket.gethostname(), "started": started})
     context = load_context(spec.context_file, long_lived=long_lived)
     setup_globals()
@@ -113,15 +113,19 @@ def _type_name(value: Any) -> str:
 
 
 def _settled_before_start(spec: JobSpec, started: float) -> Optional[JobOutcome]:
-    """The outcome of a job re-run by the cluster after it already ended badly, else None."""
+    """The outcome of a job re-run by the cluster after it already ended, else None."""
     files = spec.files
     if spec.timeout is not None and files.timed_out():
-        return failed_outcome(spec, timeout_error(spec), started=started, pid=os.getpid())
+        return keep(spec, failed_outcome(spec, timeout_error(spec), started=started, pid=os.getpid()))
     if spec.max_worker_deaths is None:
         return None
+    ended = recover(spec)  # and its worker died before the cluster had its result
+    if ended is not None:
+        return ended
     deaths = files.starts()
     if deaths >= spec.max_worker_deaths:
-        return failed_outcome(spec, died_too_often(spec, deaths), started=started, pid=os.getpid())
+        failed = failed_outcome(spec, died_too_often(spec, deaths), started=started, pid=os.getpid())
+        return keep(spec, failed)
     files.count_start()
     return None
 
