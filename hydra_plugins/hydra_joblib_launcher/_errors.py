@@ -48,6 +48,7 @@ class PoolBroken(Exception):
     """A worker died and took its pool with it; the jobs ``in_flight`` may not have ended.
 
     Raised by a pool's ``run``, caught by the supervisor, never shown to a user.
+    Of the jobs in flight, the supervisor suspects those that started (their files say so).
     """
 
     def __init__(self, message: str, in_flight: FrozenSet[int], exit_codes: str) -> None:

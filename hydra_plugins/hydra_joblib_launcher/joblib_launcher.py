@@ -1,9 +1,9 @@
 """The launcher Hydra calls: it wires the parts together and holds no logic of its own.
 
-    setup()  ─▶ validate(config) ─▶ warm_up (_pools)
+    setup()  ─▶ hold the sweep dir (_sweeplock) ─▶ validate(config) ─▶ warm_up (_pools)
     launch(job_overrides)
-      ─▶ validate ─▶ jobs_at_once (_pools) ─▶ the context, once (_plan) ─▶ [JobSpec]
-      ─▶ resume: skip what completed before (_resume)
+      ─▶ validate ─▶ jobs_at_once (_pools) ─▶ hold the sweep dir ─▶ the context, once (_plan) ─▶ [JobSpec]
+      ─▶ resume: skip what completed before with the same config (_resume)
       ─▶ open_pools (_pools) ─▶ supervise (_supervisor) ─ report (_report, _manifest)
       ◀─ [JobReturn] in job order
 """
@@ -17,7 +17,7 @@ import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, setup_globals
@@ -129,7 +129,6 @@ def _launch(
 ) -> List[JobReturn]:
     from ._manifest import close_cut_line
     from ._plan import plan
-    from ._resume import load_completed
     from ._sweeplock import hold
 
     assert launcher.config is not None, "checked by launch()"
@@ -156,10 +155,8 @@ def _launch(
         specs = plan(
             jobs, options=options, context_file=context_file, marker_dir=run_dir, sweep_dir=sweep_dir
         )
-        done = load_completed(specs, sweep_dir, compose=_composer(launcher)) if options.resume else {}
+        done = _completed_before(launcher, specs, sweep_dir) if options.resume else {}
         to_run = [spec for spec in specs if spec.num not in done]
-        if options.resume:
-            log.info(f"Resuming: {len(done)} jobs completed before are skipped, {len(to_run)} run")
         returns = {**done, **_run(to_run, options, n_workers, sweep_dir, len(done))}
         missing = [f"#{spec.num}" for spec in specs if spec.num not in returns]
         if missing:  # a bug of ours, never the user's: say so rather than lose the batch silently
@@ -173,11 +170,20 @@ def _launch(
         configure_log(config.hydra.hydra_logging, config.hydra.verbose)
 
 
-def _composer(launcher: JoblibLauncher) -> "Callable[[JobSpec], DictConfig]":
-    """How resume composes a job's config: as the job's process does (see _run)."""
+def _completed_before(
+    launcher: JoblibLauncher, specs: Sequence["JobSpec"], sweep_dir: Path
+) -> Dict[int, JobReturn]:
+    """Resume: the JobReturns of the jobs not to run again, by number."""
+    from ._resume import load_completed
+
     assert launcher.hydra_context is not None and launcher.config is not None
     loader, config = launcher.hydra_context.config_loader, launcher.config
-    return lambda spec: loader.load_sweep_config(config, list(spec.overrides))
+    # Composed as the job's process composes it (see _run), for the config digest.
+    done = load_completed(
+        specs, sweep_dir, compose=lambda spec: loader.load_sweep_config(config, list(spec.overrides))
+    )
+    log.info(f"Resuming: {len(done)} jobs completed before are skipped, {len(specs) - len(done)} run")
+    return done
 
 
 def _refuse_device_override(options: "LaunchOptions", config: DictConfig) -> None:
