@@ -8,6 +8,7 @@ the command line, run-time facts, the job's number).
 
 import json
 import logging
+import pickle
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,57 @@ def test_job_dirs_are_found_without_walking_the_jobs_outputs(tmp_path: Path) -> 
     (tmp_path / ".hydra-joblib-abc" / "x" / ".hydra").mkdir(parents=True)  # a marker dir
 
     assert sorted(kept_records(tmp_path)) == [("x=0",), ("x=1",), ("x=2",)]
+
+
+def stored_job(sweep_dir: Path, num: int, *, digest_: "str | None", value: int) -> str:
+    """A job that completed before: its JobReturn on disk and its line in jobs.jsonl."""
+    from hydra.core.utils import JobReturn, JobStatus
+
+    path = sweep_dir / str(num) / ".hydra" / "job_return.pkl"
+    path.parent.mkdir(parents=True)
+    ret = JobReturn(overrides=[f"x={num}"], status=JobStatus.COMPLETED, _return_value=value)
+    ret.cfg = OmegaConf.create({"x": num})
+    ret.hydra_cfg = OmegaConf.create({"hydra": {"job": {"num": num}}})
+    path.write_bytes(pickle.dumps(ret))
+    line = {
+        "num": num,
+        "overrides": [f"x={num}"],
+        "status": "COMPLETED",
+        "ended": "2026-01-01T00:00:00.000+00:00",
+        "return_file": str(path),
+    }
+    if digest_ is not None:
+        line["config_digest"] = digest_
+    with open(sweep_dir / MANIFEST, "a") as f:
+        f.write(json.dumps(line) + "\n")
+    return str(path)
+
+
+def test_resume_skips_a_job_only_when_its_config_is_the_same(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from hydra_plugins.hydra_joblib_launcher._plan import JobSpec
+    from hydra_plugins.hydra_joblib_launcher._resume import load_completed
+
+    def config(num: int, x: int) -> DictConfig:
+        composed = OmegaConf.create({"x": x, "hydra": {"job": {"num": num}}})
+        assert isinstance(composed, DictConfig)
+        return composed
+
+    same, changed = digest_of(config(0, 0)), digest_of(config(1, 1))
+    stored_job(tmp_path, 0, digest_=same, value=10)
+    stored_job(tmp_path, 1, digest_=changed, value=11)
+    stored_job(tmp_path, 2, digest_=None, value=12)  # recorded by an older launcher
+    specs = [
+        JobSpec(num=n, overrides=(f"x={n}",), context_file="", marker_dir=str(tmp_path))
+        for n in range(4)
+    ]
+    now = {0: config(0, 0), 1: config(1, 5), 2: config(2, 7), 3: config(3, 3)}
+
+    with caplog.at_level(logging.INFO):
+        done = load_completed(specs, tmp_path, compose=lambda spec: now[spec.num])
+
+    assert {num: ret.return_value for num, ret in done.items()} == {0: 10, 2: 12}
+    assert "1 job completed before runs again: their config changed" in caplog.text
+    assert "#1 : x=1 changed: x 1 -> 5" in caplog.text
+    assert "1 job recorded without their config's digest" in caplog.text

@@ -120,7 +120,8 @@ _ABSENT = object()
 
 
 def _flat(value: Any, prefix: str = "") -> Iterable[Tuple[str, Any]]:
-    if isinstance(value, dict) and value:
+    """Leaves by dotted key; an empty dict has none (a key added to it shows as added)."""
+    if isinstance(value, dict):
         for key, item in value.items():
             yield from _flat(item, f"{prefix}.{key}" if prefix else str(key))
     else:
