@@ -73,7 +73,9 @@ def test_a_raising_job_fails_alone_and_is_reported_at_once(backend: str, sweep_d
     assert run.returncode != 0  # Hydra's basic sweeper re-raises the first failure
     others_finished(sweep_dir)
     assert "ValueError: job c failed on purpose" in run.output
-    failure_line = next(line for line in run.output.splitlines() if "#2 : " in line and "FAILED" in line)
+    failure_line = next(
+        line for line in run.output.splitlines() if "#2 : " in line and "FAILED" in line
+    )
     assert "+name=c" in failure_line and "ValueError: job c failed on purpose" in failure_line
     assert str(sweep_dir / "2" / "faulty.log") in failure_line
     # logged the moment it happened: before the batch summary
@@ -185,7 +187,12 @@ def test_a_result_the_launcher_cannot_unpickle_fails_its_job_alone(
         pytest.importorskip("distributed")
     run = run_app(
         APPS / "faulty.py",
-        [*launcher_args(backend, sweep_dir), f"+name={','.join(NAMES)}", "+work=0.3", f"+modes.c={mode}"],
+        [
+            *launcher_args(backend, sweep_dir),
+            f"+name={','.join(NAMES)}",
+            "+work=0.3",
+            f"+modes.c={mode}",
+        ],
         cwd=sweep_dir.parent,
         env={"DASK_TEMPORARY_DIRECTORY": str(sweep_dir.parent)},
     )

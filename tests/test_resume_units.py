@@ -114,7 +114,9 @@ def test_the_changed_keys_name_old_and_new_values() -> None:
     ]
 
 
-def record(num: int, status: str = "COMPLETED", ended: str = "2026-01-01T00:00:00.000+00:00") -> str:
+def record(
+    num: int, status: str = "COMPLETED", ended: str = "2026-01-01T00:00:00.000+00:00"
+) -> str:
     return json.dumps({"num": num, "overrides": [f"x={num}"], "status": status, "ended": ended})
 
 
@@ -123,7 +125,9 @@ def test_the_manifest_reader_keeps_each_jobs_last_record_and_warns_of_cut_lines(
 ) -> None:
     cut = record(2)[:20]
     (tmp_path / MANIFEST).write_text(
-        "\n".join([record(0, "FAILED"), record(1), record(0, ended="2026-01-01T00:00:01.000+00:00"), cut])
+        "\n".join(
+            [record(0, "FAILED"), record(1), record(0, ended="2026-01-01T00:00:01.000+00:00"), cut]
+        )
     )
     with caplog.at_level(logging.WARNING):
         records = read_records(tmp_path)
@@ -131,7 +135,9 @@ def test_the_manifest_reader_keeps_each_jobs_last_record_and_warns_of_cut_lines(
         ("x=0",): "COMPLETED",
         ("x=1",): "COMPLETED",
     }
-    assert f"{tmp_path / MANIFEST}: line 4 is not a whole record (cut short?); ignored" in caplog.text
+    assert (
+        f"{tmp_path / MANIFEST}: line 4 is not a whole record (cut short?); ignored" in caplog.text
+    )
 
     close_cut_line(tmp_path)  # the next record starts on a line of its own
     with open(tmp_path / MANIFEST, "a") as f:

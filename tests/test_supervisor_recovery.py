@@ -84,7 +84,12 @@ class Jobs:
         output_dir.mkdir(parents=True, exist_ok=True)
         forget(str(output_dir))
         spec.files.note_started(
-            {"pid": 1234, "host": socket.gethostname(), "started": 1.0, "output_dir": str(output_dir)}
+            {
+                "pid": 1234,
+                "host": socket.gethostname(),
+                "started": 1.0,
+                "output_dir": str(output_dir),
+            }
         )
         return str(output_dir)
 
@@ -252,9 +257,7 @@ def test_a_job_that_ended_but_was_not_delivered_is_not_run_again(jobs: Jobs) -> 
 
 
 def test_only_jobs_that_started_and_did_not_end_are_suspects(jobs: Jobs) -> None:
-    batch = run_batch(
-        jobs, 8, Break(delivered=1, ended=frozenset({1}), running=frozenset({2, 4}))
-    )
+    batch = run_batch(jobs, 8, Break(delivered=1, ended=frozenset({1}), running=frozenset({2, 4})))
 
     assert batch.quarantine.opened == 1
     assert batch.quarantine.pool.handed == [[2, 4]]  # not 3, 5, 6, 7: they never started
@@ -273,7 +276,9 @@ def test_a_crash_in_quarantine_costs_only_the_job_that_crashes(jobs: Jobs) -> No
 
 def test_a_timed_out_job_fails_and_the_running_ones_are_innocent(jobs: Jobs) -> None:
     batch = run_batch(
-        jobs, 5, Break(delivered=1, ended=frozenset({3}), running=frozenset({1}), timed_out=frozenset({2}))
+        jobs,
+        5,
+        Break(delivered=1, ended=frozenset({3}), running=frozenset({1}), timed_out=frozenset({2})),
     )
 
     assert isinstance(error_of(batch, 2), JobTimeout)
@@ -311,11 +316,15 @@ def test_a_result_the_launcher_cannot_unpickle_fails_its_job_alone(jobs: Jobs) -
     for num in (1, 3):
         error = error_of(batch, num)
         assert isinstance(error, ResultNotLoadable)
-        assert f"job #{num} (x={num}) completed, but the launching process cannot unpickle" in str(error)
+        assert f"job #{num} (x={num}) completed, but the launching process cannot unpickle" in str(
+            error
+        )
         assert "RuntimeError: refuses to be unpickled" in str(error)
         assert "Return plain data" in str(error)
     assert_completed(batch, [0, 4])
-    assert [o.error_type for o in batch.report.ended if o.num in (1, 3)] == ["ResultNotLoadable"] * 2
+    assert [o.error_type for o in batch.report.ended if o.num in (1, 3)] == [
+        "ResultNotLoadable"
+    ] * 2
 
 
 def test_a_job_a_cluster_runs_again_after_it_ended_returns_its_kept_outcome(jobs: Jobs) -> None:
@@ -329,5 +338,9 @@ def test_a_job_a_cluster_runs_again_after_it_ended_returns_its_kept_outcome(jobs
 
     assert again.completed and again.num == 0
     assert again.job_return().return_value == 0
-    assert (again.started, again.ended, again.return_file) == (kept.started, kept.ended, kept.return_file)
+    assert (again.started, again.ended, again.return_file) == (
+        kept.started,
+        kept.ended,
+        kept.return_file,
+    )
     assert jobs.starts[0] == 1

@@ -83,8 +83,10 @@ def read_records(sweep_dir: Path) -> Dict[Tuple[str, ...], Dict[str, Any]]:
                 continue
             records[tuple(record["overrides"])] = record
     if skipped:
-        lines = f"line {skipped[0]} is not a whole record" if len(skipped) == 1 else (
-            f"lines {', '.join(map(str, skipped))} are not whole records"
+        lines = (
+            f"line {skipped[0]} is not a whole record"
+            if len(skipped) == 1
+            else (f"lines {', '.join(map(str, skipped))} are not whole records")
         )
         log.warning(f"{path}: {lines} (cut short?); ignored")
     return records

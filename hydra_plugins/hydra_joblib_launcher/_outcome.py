@@ -40,7 +40,7 @@ class JobOutcome:
     devices: Optional[Tuple[str, ...]] = None
     configs: bytes = b""  # the JobReturn's (cfg, hydra_cfg), pickled apart from the rest
     return_type: Optional[str] = None  # the class of a completed job's return value, for messages
-    return_file: Optional[str] = None  # where the job's process keeps the whole JobReturn (_durable)
+    return_file: Optional[str] = None  # where its process kept the whole JobReturn (_durable)
     config_digest: Optional[str] = None  # of what in its config decides what it does (_digest)
 
     @property

@@ -116,7 +116,9 @@ def _settled_before_start(spec: JobSpec, started: float) -> Optional[JobOutcome]
     """The outcome of a job re-run by the cluster after it already ended, else None."""
     files = spec.files
     if spec.timeout is not None and files.timed_out():
-        return keep(spec, failed_outcome(spec, timeout_error(spec), started=started, pid=os.getpid()))
+        return keep(
+            spec, failed_outcome(spec, timeout_error(spec), started=started, pid=os.getpid())
+        )
     if spec.max_worker_deaths is None:
         return None
     ended = recover(spec)  # and its worker died before the cluster had its result
@@ -124,7 +126,9 @@ def _settled_before_start(spec: JobSpec, started: float) -> Optional[JobOutcome]
         return ended
     deaths = files.starts()
     if deaths >= spec.max_worker_deaths:
-        failed = failed_outcome(spec, died_too_often(spec, deaths), started=started, pid=os.getpid())
+        failed = failed_outcome(
+            spec, died_too_often(spec, deaths), started=started, pid=os.getpid()
+        )
         return keep(spec, failed)
     files.count_start()
     return None

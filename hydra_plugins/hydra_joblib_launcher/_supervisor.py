@@ -11,9 +11,9 @@
                       │                                 so a crash costs only the job that crashes
                       └─ never started (or stopped by the pool, innocent) ─▶ back in the queue
 
-A break in which no job ended, started or left a marker twice in a row (workers
-that die before they can run anything) makes the jobs in flight suspects
-anyway, so that every batch ends.
+After two breaks in a row in which no job ended, started or left a marker
+(workers that die before they can run anything), the jobs in flight are
+suspects anyway, so that every batch ends.
 
 An interrupt (Ctrl-C, SIGTERM) stops the pools, kills what runs, reports the
 counts and propagates, so Hydra's own handling still runs.
@@ -157,7 +157,9 @@ def _settle(
         return _in_order(found.suspects + found.waiting)
     if len(found.suspects) == 1:
         culprit = found.suspects[0]
-        record(failed_outcome(culprit, crash_error(culprit, f"died {broken.exit_codes}"), started=now))
+        record(
+            failed_outcome(culprit, crash_error(culprit, f"died {broken.exit_codes}"), started=now)
+        )
         return _in_order(found.waiting)
     log.warning(
         "A worker process died while jobs %s were running; running them again, each in a "

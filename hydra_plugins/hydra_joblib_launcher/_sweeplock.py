@@ -46,7 +46,9 @@ def hold(sweep_dir: Path) -> None:
         ) from None
     since = time.strftime("%Y-%m-%d %H:%M:%S")
     os.ftruncate(fd, 0)
-    os.pwrite(fd, f"process {os.getpid()} on host {socket.gethostname()}, since {since}\n".encode(), 0)
+    os.pwrite(
+        fd, f"process {os.getpid()} on host {socket.gethostname()}, since {since}\n".encode(), 0
+    )
     _held[key] = fd
 
 

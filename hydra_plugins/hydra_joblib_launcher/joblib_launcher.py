@@ -2,8 +2,8 @@
 
     setup()  ─▶ hold the sweep dir (_sweeplock) ─▶ validate(config) ─▶ warm_up (_pools)
     launch(job_overrides)
-      ─▶ validate ─▶ jobs_at_once (_pools) ─▶ hold the sweep dir ─▶ the context, once (_plan) ─▶ [JobSpec]
-      ─▶ resume: skip what completed before with the same config (_resume)
+      ─▶ validate ─▶ jobs_at_once (_pools) ─▶ hold the sweep dir ─▶ the context, once (_plan)
+      ─▶ [JobSpec] ─▶ resume: skip what completed before with the same config (_resume)
       ─▶ open_pools (_pools) ─▶ supervise (_supervisor) ─ report (_report, _manifest)
       ◀─ [JobReturn] in job order
 """
@@ -153,7 +153,11 @@ def _launch(
             launcher, run_dir if options.distributed else _local_context_dir()
         )
         specs = plan(
-            jobs, options=options, context_file=context_file, marker_dir=run_dir, sweep_dir=sweep_dir
+            jobs,
+            options=options,
+            context_file=context_file,
+            marker_dir=run_dir,
+            sweep_dir=sweep_dir,
         )
         done = _completed_before(launcher, specs, sweep_dir) if options.resume else {}
         to_run = [spec for spec in specs if spec.num not in done]
@@ -180,9 +184,13 @@ def _completed_before(
     loader, config = launcher.hydra_context.config_loader, launcher.config
     # Composed as the job's process composes it (see _run), for the config digest.
     done = load_completed(
-        specs, sweep_dir, compose=lambda spec: loader.load_sweep_config(config, list(spec.overrides))
+        specs,
+        sweep_dir,
+        compose=lambda spec: loader.load_sweep_config(config, list(spec.overrides)),
     )
-    log.info(f"Resuming: {len(done)} jobs completed before are skipped, {len(specs) - len(done)} run")
+    log.info(
+        f"Resuming: {len(done)} jobs completed before are skipped, {len(specs) - len(done)} run"
+    )
     return done
 
 
