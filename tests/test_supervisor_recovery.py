@@ -344,3 +344,41 @@ def test_a_job_a_cluster_runs_again_after_it_ended_returns_its_kept_outcome(jobs
         kept.return_file,
     )
     assert jobs.starts[0] == 1
+
+
+class UnloadableError(Exception):
+    def __reduce__(self) -> object:
+        return refuse_to_load, ()
+
+
+def test_a_failed_job_whose_error_cannot_be_unpickled_keeps_its_error_in_words(
+    jobs: Jobs,
+) -> None:
+    class RaisingPool(FakePool):
+        def run(self, specs: Sequence[JobSpec]) -> Iterator[JobOutcome]:
+            for spec in specs:
+                outcome = self.jobs.run_to_end(spec)
+                if spec.num == 1:
+                    ret = JobReturn(overrides=list(spec.overrides), status=JobStatus.FAILED)
+                    ret._return_value = UnloadableError("bad input")
+                    outcome = replace(
+                        outcome,
+                        completed=False,
+                        payload=pickle.dumps(ret),
+                        error_type="UnloadableError",
+                        error="bad input",
+                    )
+                yield outcome
+
+    report = FakeReport()
+    pool = RaisingPool(jobs)
+    returns = supervise(jobs.specs(3), pools=Pools(pool, Quarantine(pool)), report=report)
+
+    error = returns[1]._return_value
+    assert returns[1].status == JobStatus.FAILED
+    assert "UnloadableError: bad input" in str(error)
+    assert "RuntimeError: refuses to be unpickled" in str(error)
+    assert "completed" not in str(error)
+    failed = [o for o in report.ended if o.num == 1]
+    assert [(o.error_type, o.error) for o in failed] == [("UnloadableError", "bad input")]
+    assert [returns[n].return_value for n in (0, 2)] == [0, 20]

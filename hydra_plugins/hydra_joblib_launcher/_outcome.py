@@ -18,7 +18,13 @@ from typing import Any, Dict, Optional, Tuple
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig
 
-from ._errors import JobTimeout, ResultNotLoadable, ResultNotSendable, WorkerCrashed
+from ._errors import (
+    JobTimeout,
+    RemoteJobError,
+    ResultNotLoadable,
+    ResultNotSendable,
+    WorkerCrashed,
+)
 from ._plan import JobSpec
 
 
@@ -183,15 +189,26 @@ def failed_outcome(
 
 
 def unloadable_outcome(spec: JobSpec, outcome: JobOutcome, error: BaseException) -> JobOutcome:
-    """``outcome`` turned FAILED: the launcher cannot unpickle the job's return value.
+    """``outcome``, FAILED, when the launcher cannot unpickle the job's return value (or error).
 
     The job ran to its end, so what it noted (times, process, output dir) stays;
-    its configs travel apart from the value and still reach the sweeper.
+    its configs travel apart from the value and still reach the sweeper. A job
+    that failed keeps its own error, in words.
     """
-    failure = not_loadable(spec, outcome, error)
+    failure: Exception
+    error_type: Optional[str]
+    text: Optional[str]
+    if outcome.completed:
+        failure = not_loadable(spec, outcome, error)
+        error_type, text = describe(failure)
+    else:
+        failure = RemoteJobError(
+            f"{outcome.error_type}: {outcome.error} (the launching process cannot unpickle "
+            f"the job's exception: {type(error).__name__}: {error})"
+        )
+        error_type, text = outcome.error_type, outcome.error
     ret = JobReturn(overrides=list(spec.overrides), status=JobStatus.FAILED)
     ret._return_value = failure
-    error_type, text = describe(failure)
     return dataclasses.replace(
         outcome, completed=False, payload=pickle.dumps(ret), error_type=error_type, error=text
     )
