@@ -16,7 +16,7 @@ from typing import Any, List
 
 import pytest
 
-from conftest import APPS, Run, app_env, run_app
+from conftest import APPS, Run, app_env, jobs, run_app
 
 BACKENDS = ["loky", "multiprocessing"]
 NAMES = "abcdef"
@@ -74,7 +74,9 @@ def test_a_raising_job_fails_alone_and_is_reported_at_once(backend: str, sweep_d
     assert run.returncode != 0  # Hydra's basic sweeper re-raises the first failure
     others_finished(sweep_dir)
     assert "ValueError: job c failed on purpose" in run.output
-    failure_line = next(line for line in run.output.splitlines() if "#2 : " in line and "FAILED" in line)
+    failure_line = next(
+        line for line in run.output.splitlines() if "#2 : " in line and "FAILED" in line
+    )
     assert "+name=c" in failure_line and "ValueError: job c failed on purpose" in failure_line
     assert str(sweep_dir / "2" / "faulty.log") in failure_line
     # logged the moment it happened: before the batch summary
@@ -96,6 +98,41 @@ def test_a_job_that_kills_its_worker_fails_alone(
     assert how in run.output
     assert "out-of-memory" in run.output  # the likely causes are named
     assert "Batch done" in run.output and "5 completed, 1 failed" in run.output
+
+
+def test_a_loky_worker_crash_runs_again_no_job_that_finished_or_never_started(
+    tmp_path: Path,
+) -> None:
+    """Jobs go to workers in batches of three: [a, b, c] and [d, e, f]. a ends at once, b
+    kills its worker 1.5 s later, c never starts; d, e and f have long ended by then.
+
+    a finished, but its result waits for the batch's end, which never comes; c
+    was handed to loky but never started. Neither runs again: only b, the job
+    that crashed, was running, and it alone fails.
+    """
+    sweep_dir, count_dir = tmp_path / "sweep", tmp_path / "counts"
+    count_dir.mkdir()
+    run = run_app(
+        APPS / "paced.py",
+        [
+            *launcher_args("loky", sweep_dir),
+            "hydra.launcher.batch_size=3",
+            "hydra.launcher.pre_dispatch=all",
+            f"+name={','.join(NAMES)}",
+            f"+count_dir={count_dir}",
+            "+modes.b=exit",
+            "+slow.b=1.5",
+        ],
+        cwd=tmp_path,
+    )
+
+    starts = {name: len((count_dir / f"{name}.runs").read_text().split()) for name in NAMES}
+    assert starts == dict.fromkeys(NAMES, 1), run.output
+    assert "WorkerCrashed: job #1 (+name=b" in run.output
+    assert "6 jobs, 5 completed, 1 failed" in run.output
+    assert "each in a process of its own" not in run.output  # nothing for quarantine
+    records = jobs(sweep_dir)
+    assert [r["status"] for r in records] == ["COMPLETED", "FAILED"] + ["COMPLETED"] * 4
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -130,6 +167,48 @@ def test_a_result_that_cannot_be_pickled_fails_its_job_with_a_clear_error(
     assert "ResultNotSendable: job #2" in run.output  # ...but its result could not come back
     assert "cannot be pickled back to the launcher" in run.output
     assert "define its class at module level" in run.output
+
+
+UNLOADABLE = [
+    pytest.param("loky", "unloadable", "RuntimeError: the value of job c refuses to be unpickled"),
+    pytest.param("loky", "worker_only", "No module named 'worker_only_module'"),
+    pytest.param("multiprocessing", "unloadable", "RuntimeError: the value of job c refuses"),
+    pytest.param("multiprocessing", "worker_only", "No module named 'worker_only_module'"),
+    pytest.param(
+        "dask", "unloadable", "RuntimeError: the value of job c refuses", marks=pytest.mark.dask
+    ),
+]
+
+
+@pytest.mark.parametrize("backend, mode, why", UNLOADABLE)
+def test_a_result_the_launcher_cannot_unpickle_fails_its_job_alone(
+    backend: str, mode: str, why: str, sweep_dir: Path
+) -> None:
+    if backend == "dask":
+        pytest.importorskip("distributed")
+    run = run_app(
+        APPS / "faulty.py",
+        [
+            *launcher_args(backend, sweep_dir),
+            f"+name={','.join(NAMES)}",
+            "+work=0.3",
+            f"+modes.c={mode}",
+        ],
+        cwd=sweep_dir.parent,
+        env={"DASK_TEMPORARY_DIRECTORY": str(sweep_dir.parent)},
+    )
+
+    assert run.returncode != 0  # Hydra's basic sweeper re-raises the first failure
+    assert finished(sweep_dir) == list(NAMES)  # c's task ran to its end
+    assert "6 jobs, 5 completed, 1 failed" in run.output, run.output
+    assert "_supervisor.py" not in run.output  # no traceback of the launcher's own
+    line = next(line for line in run.output.splitlines() if "#2 : " in line and "FAILED" in line)
+    assert f"ResultNotLoadable: job #2 (+name=c +work=0.3 +modes.c={mode}) completed" in line
+    assert why in line
+    assert "Return plain data" in line  # and what to return instead
+    records = jobs(sweep_dir)
+    assert [r["status"] for r in records] == ["COMPLETED"] * 2 + ["FAILED"] + ["COMPLETED"] * 3
+    assert records[2]["error_type"] == "ResultNotLoadable"
 
 
 def test_a_task_that_cannot_be_pickled_fails_before_any_job_starts(tmp_path: Path) -> None:

@@ -5,12 +5,19 @@ c to f wait for a gate file the test removes only after the interrupt. Each
 job counts its runs in a folder outside the sweep dir. The sweeper is Hydra's
 basic one, recording what the launcher hands back to it
 (tests/apps/sweeper_plugin), as Optuna or any other sweeper would receive it.
+
+Then what resume must not trust: a config file changed since the jobs ran
+(tests/apps/configured), a launcher killed with SIGKILL whose jobs.jsonl
+missed a completed job and ends in half a line, and a second launch on a
+sweep dir in use.
 """
 
 import json
 import os
 import pickle
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -211,3 +218,162 @@ def test_resume_of_a_complete_sweep_runs_nothing(resumed: Resumed) -> None:
     assert [r["return_value"] for r in resumed.returns_after_again] == [
         expected_value(n) for n in NAMES
     ]
+
+
+# -- a config that changed, a killed launcher, two launches at once -------------------------
+
+CONFIGURED = APPS / "configured"
+ENV = {"PYTHONPATH": os.pathsep.join([str(APPS), PLUGIN_PATH])}
+
+
+def configured_sweep(app: Path, sweep_dir: Path, count_dir: Path, backend: str, *extra: str) -> Run:
+    return run_app(
+        app / "configured.py",
+        [
+            "-m",
+            "hydra/launcher=joblib",
+            "hydra/sweeper=recording",
+            f"hydra.launcher.backend={backend}",
+            "hydra.launcher.n_jobs=2",
+            "hydra.launcher.progress=none",
+            f"hydra.sweep.dir={sweep_dir}",
+            "model=small,large",
+            "+seed=1,2",
+            f"+count_dir={count_dir}",
+            *extra,
+        ],
+        cwd=app.parent,
+        env={**ENV, "DASK_TEMPORARY_DIRECTORY": str(app.parent)},
+    )
+
+
+@pytest.mark.parametrize(
+    "backend", ["loky", "multiprocessing", pytest.param("dask", marks=pytest.mark.dask)]
+)
+def test_resume_runs_again_the_jobs_whose_config_changed(backend: str, tmp_path: Path) -> None:
+    if backend == "dask":
+        pytest.importorskip("distributed")
+    app, sweep_dir, count_dir = tmp_path / "app", tmp_path / "sweep", tmp_path / "counts"
+    shutil.copytree(CONFIGURED, app)
+    count_dir.mkdir()
+    first = configured_sweep(app, sweep_dir, count_dir, backend)
+    assert first.returncode == 0, first.output
+    large = app / "conf" / "model" / "large.yaml"
+    large.write_text(large.read_text().replace("width: 10", "width: 20"))
+
+    run = configured_sweep(app, sweep_dir, count_dir, backend, "hydra.launcher.resume=true")
+
+    assert run.returncode == 0, run.output
+    runs = {path.stem: len(path.read_text().split()) for path in count_dir.glob("*.runs")}
+    assert runs == {"small-1": 1, "small-2": 1, "large-1": 2, "large-2": 2}
+    assert "Resuming: 2 jobs completed before are skipped, 2 run" in run.stdout
+    assert "2 jobs completed before run again: their config changed since" in run.stdout
+    assert f"#2 : model=large +seed=1 +count_dir={count_dir} changed: model.width 10 -> 20" in (
+        run.stdout
+    )
+    returns = json.loads((sweep_dir / "returns.json").read_text())
+    assert [(r["return_value"]["model"], r["return_value"]["width"]) for r in returns] == [
+        ("small", 5),
+        ("small", 5),
+        ("large", 20),
+        ("large", 20),
+    ]
+    digests = {r["num"]: r["config_digest"] for r in manifest(sweep_dir)}
+    assert len(set(digests.values())) == 4  # one per job config
+
+
+def whole_records(sweep_dir: Path) -> List[Dict[str, Any]]:
+    """The records of jobs.jsonl, less lines that are not one (cut short)."""
+    records = []
+    for line in (sweep_dir / "jobs.jsonl").read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            pass
+    return records
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_resume_after_the_launcher_was_killed_runs_no_completed_job_again(
+    backend: str, tmp_path: Path
+) -> None:
+    sweep_dir, count_dir, gate = tmp_path / "sweep", tmp_path / "counts", tmp_path / "gate"
+    count_dir.mkdir()
+    gate.write_text("c to f wait while this file exists")
+    args = command(backend, sweep_dir, count_dir, gate)
+    temp = tmp_path / "tmp"  # what the killed launcher leaves in its temp dir stays here
+    temp.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-Werror", str(APPS / "paced.py"), *args],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": PLUGIN_PATH, "TMPDIR": str(temp)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and proc.poll() is None:
+            counts = run_counts(count_dir)
+            if completed_in_manifest(sweep_dir) == 2 and counts["c"] and counts["d"]:
+                break
+            time.sleep(0.1)
+        assert completed_in_manifest(sweep_dir) == 2, "the sweep did not get going"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its workers, at once
+        proc.wait()
+    # The launcher died before it recorded b whole: its line is cut short, its outcome is
+    # only in its job dir.
+    first, second = (sweep_dir / "jobs.jsonl").read_text().splitlines()[:2]
+    (sweep_dir / "jobs.jsonl").write_text(first + "\n" + second[: len(second) // 2])
+    missed = json.loads(second)["num"]
+    gate.unlink()
+
+    resume = [*args, "hydra.launcher.resume=true"]
+    run = run_app(APPS / "paced.py", resume, cwd=tmp_path, env={"PYTHONPATH": PLUGIN_PATH})
+
+    assert run.returncode == 0, run.output
+    assert run_counts(count_dir) == {"a": 1, "b": 1, "c": 2, "d": 2, "e": 1, "f": 1}
+    assert "Resuming: 2 jobs completed before are skipped, 4 run" in run.stdout
+    assert "jobs.jsonl: line 2 is not a whole record (cut short?); ignored" in run.output
+    assert f"#{missed} : +name={NAMES[missed]}" in run.stdout
+    assert "jobs.jsonl missed 1 job that completed before" in run.stdout
+    returns = json.loads((sweep_dir / "returns.json").read_text())
+    assert [r["return_value"] for r in returns] == [expected_value(n) for n in NAMES]
+    last = {record["num"]: record["status"] for record in whole_records(sweep_dir)}
+    assert last == dict.fromkeys(range(6), "COMPLETED")  # the missed record is whole again
+
+
+def test_a_second_launch_on_a_sweep_dir_in_use_stops_with_one_clear_error(tmp_path: Path) -> None:
+    sweep_dir, count_dir, gate = tmp_path / "sweep", tmp_path / "counts", tmp_path / "gate"
+    count_dir.mkdir()
+    gate.write_text("c to f wait while this file exists")
+    args = command("loky", sweep_dir, count_dir, gate)
+    proc = subprocess.Popen(
+        [sys.executable, "-Werror", str(APPS / "paced.py"), *args],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": PLUGIN_PATH},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and completed_in_manifest(sweep_dir) < 2:
+            time.sleep(0.1)
+        second = run_app(APPS / "paced.py", args, cwd=tmp_path, env={"PYTHONPATH": PLUGIN_PATH})
+        gate.unlink()
+        output, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    assert second.returncode == 1, second.output
+    assert f"{sweep_dir} is in use by another launch" in second.stderr
+    assert f"process {proc.pid} on host {socket.gethostname()}" in second.stderr
+    assert "Traceback" not in second.output
+    assert proc.returncode == 0, output
+    assert run_counts(count_dir) == dict.fromkeys(NAMES, 1)  # the second launch ran nothing
+    assert [r["status"] for r in manifest(sweep_dir)] == ["COMPLETED"] * 6

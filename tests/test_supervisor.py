@@ -3,8 +3,8 @@
 A fake pool completes the jobs it is handed, in order, unless its script for
 that call says to break (raise PoolBroken) or to be interrupted after a given
 number of them. What the tests check is what the supervisor promises: every
-job ends with exactly one outcome; the job alone in flight when a worker died
-is the culprit; several suspects run again each alone (in the quarantine
+job ends with exactly one outcome; the job alone in flight (and started, by
+its own files) when a worker died is the culprit; several suspects run again each alone (in the quarantine
 pool); a job that overran its time limit is the cause, and the others in flight
 are innocent; jobs never dispatched run again on the main pool; an interrupt
 stops every pool and propagates.
@@ -94,6 +94,10 @@ class FakePool:
         script = self.scripts.pop(0) if self.scripts else None
         for i, spec in enumerate(specs):
             if isinstance(script, Break) and i == script.after:
+                # A job in flight had started: it notes so in its files, as a worker does.
+                for running in specs:
+                    if running.num in script.in_flight:
+                        running.files.note_started({"pid": 4321, "host": "here", "started": 1.0})
                 raise PoolBroken("a worker died", in_flight=script.in_flight, exit_codes=EXIT_CODES)
             if isinstance(script, Interrupt) and i == script.after:
                 raise KeyboardInterrupt

@@ -36,6 +36,10 @@ class ResultNotSendable(JobFailure):
     """The job's return value (or its exception) could not be pickled back to the launcher."""
 
 
+class ResultNotLoadable(JobFailure):
+    """The job's return value was pickled in its process but cannot be unpickled in the launcher's."""
+
+
 class RemoteJobError(JobFailure):
     """Stands in for a job's exception that could not be pickled, keeping its type, message and traceback."""
 
@@ -44,6 +48,7 @@ class PoolBroken(Exception):
     """A worker died and took its pool with it; the jobs ``in_flight`` may not have ended.
 
     Raised by a pool's ``run``, caught by the supervisor, never shown to a user.
+    Of the jobs in flight, the supervisor suspects those that started (their files say so).
     """
 
     def __init__(self, message: str, in_flight: FrozenSet[int], exit_codes: str) -> None:

@@ -1,9 +1,11 @@
 """One object per job for its files in the launch's marker dir: where each lives, how it is written, how it is read.
 
-    <num>.started    JSON, written as the task starts: where the job runs and logs
+    <num>.started    JSON, written as the job's process picks it up (where it runs), and again as
+                     its task starts (where it writes and logs): the job started
     <num>.timeout    the job overran its time limit and had its own process killed
     <num>.attempts   one line per start, on clusters that re-run a job whose worker died
     <num>.outcome    the pickled JobOutcome, written by a process started for that job alone
+                     (or by one that could not keep it in the job's dir, see _durable)
 
 Workers write them, the launcher reads them (after a crash, a timeout, a
 fresh process's exit). Every write is atomic where a reader may look at any

@@ -1,57 +1,48 @@
 """The sweep's manifest, written and read here only.
 
 ``jobs.jsonl`` in the sweep dir holds one JSON object per ended job, appended
-as each job ends; each completed job's whole ``JobReturn`` is pickled beside
-its outputs (``.hydra/job_return.pkl``), for ``resume``. A later record of the
-same overrides replaces an earlier one.
+as each job ends; each job's process keeps its whole ``JobReturn`` beside its
+outputs (``.hydra/job_return.pkl``, see :mod:`._durable`), for ``resume``. A
+later record of the same overrides replaces an earlier one.
 """
 
 import json
 import logging
+import os
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from ._outcome import JobOutcome
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "jobs.jsonl"
-RETURN_FILE = "job_return.pkl"  # in the job's .hydra folder
 
 
-def _iso(timestamp: float) -> str:
+def iso_time(timestamp: float) -> str:
+    """A time as the manifest writes it (UTC, to the millisecond): such strings sort by time."""
     return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat(timespec="milliseconds")
 
 
-def return_file(output_dir: str) -> Path:
-    """Where a completed job's JobReturn is kept."""
-    return Path(output_dir) / ".hydra" / RETURN_FILE
-
-
 def record_job(sweep_dir: Path, outcome: JobOutcome, overrides: Sequence[str]) -> None:
-    """Append the job's record to the manifest; keep a completed job's result beside its outputs."""
+    """Append the job's record to the manifest (its process kept its result, see :mod:`._durable`)."""
     record: Dict[str, Any] = {
         "num": outcome.num,
         "overrides": list(overrides),
         "status": "COMPLETED" if outcome.completed else "FAILED",
-        "started": _iso(outcome.started),
-        "ended": _iso(outcome.ended),
+        "started": iso_time(outcome.started),
+        "ended": iso_time(outcome.ended),
         "duration_s": round(outcome.duration_s, 3),
         "host": outcome.host,
         "pid": outcome.pid,
         "output_dir": outcome.output_dir,
         "log_file": outcome.log_file,
         "devices": list(outcome.devices) if outcome.devices is not None else None,
+        "config_digest": outcome.config_digest,
     }
-    if outcome.completed and outcome.output_dir:
-        path = return_file(outcome.output_dir)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(outcome.stored_return())
-            record["return_file"] = str(path)
-        except OSError as error:
-            log.warning(f"#{outcome.num}: cannot keep its result for resume ({error})")
+    if outcome.completed and outcome.return_file:
+        record["return_file"] = outcome.return_file
     if not outcome.completed:
         record["error_type"] = outcome.error_type
         record["error"] = outcome.error
@@ -59,28 +50,54 @@ def record_job(sweep_dir: Path, outcome: JobOutcome, overrides: Sequence[str]) -
         f.write(json.dumps(record) + "\n")
 
 
-def read_completed(sweep_dir: Path) -> Dict[Tuple[str, ...], Dict[str, Any]]:
-    """The last record of each job (by overrides) in ``sweep_dir`` whose job COMPLETED.
+def close_cut_line(sweep_dir: Path) -> None:
+    """End a last line cut short (the launcher was killed as it wrote it), so the next record starts whole."""
+    path = sweep_dir / MANIFEST
+    try:
+        with open(path, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size:
+                f.seek(size - 1)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")
+    except FileNotFoundError:
+        pass
+
+
+def read_records(sweep_dir: Path) -> Dict[Tuple[str, ...], Dict[str, Any]]:
+    """The last record of each job (by overrides) in ``sweep_dir``'s manifest.
 
     A line that is not a job's record (cut short by a crash of the launcher,
-    or written by something else) is skipped.
+    or written by something else) is skipped, with a warning.
     """
-    completed: Dict[Tuple[str, ...], Dict[str, Any]] = {}
+    records: Dict[Tuple[str, ...], Dict[str, Any]] = {}
     path = sweep_dir / MANIFEST
     if not path.exists():
-        return completed
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
+        return records
+    skipped = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
+            record = _record(line)
+            if record is None:
+                skipped.append(number)
                 continue
-            overrides = record.get("overrides") if isinstance(record, dict) else None
-            if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
-                continue
-            key = tuple(overrides)
-            if record.get("status") == "COMPLETED":
-                completed[key] = record
-            else:
-                completed.pop(key, None)
-    return completed
+            records[tuple(record["overrides"])] = record
+    if skipped:
+        lines = (
+            f"line {skipped[0]} is not a whole record"
+            if len(skipped) == 1
+            else (f"lines {', '.join(map(str, skipped))} are not whole records")
+        )
+        log.warning(f"{path}: {lines} (cut short?); ignored")
+    return records
+
+
+def _record(line: str) -> Optional[Dict[str, Any]]:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    overrides = record.get("overrides") if isinstance(record, dict) else None
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        return None
+    return record if isinstance(record.get("ended"), str) else None

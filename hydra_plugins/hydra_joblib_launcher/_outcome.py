@@ -18,7 +18,13 @@ from typing import Any, Dict, Optional, Tuple
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig
 
-from ._errors import JobTimeout, ResultNotSendable, WorkerCrashed
+from ._errors import (
+    JobTimeout,
+    RemoteJobError,
+    ResultNotLoadable,
+    ResultNotSendable,
+    WorkerCrashed,
+)
 from ._plan import JobSpec
 
 
@@ -39,6 +45,9 @@ class JobOutcome:
     error: Optional[str] = None
     devices: Optional[Tuple[str, ...]] = None
     configs: bytes = b""  # the JobReturn's (cfg, hydra_cfg), pickled apart from the rest
+    return_type: Optional[str] = None  # the class of a completed job's return value, for messages
+    return_file: Optional[str] = None  # where its process kept the whole JobReturn (_durable)
+    config_digest: Optional[str] = None  # of what in its config decides what it does (_digest)
 
     @property
     def duration_s(self) -> float:
@@ -179,6 +188,32 @@ def failed_outcome(
     )
 
 
+def unloadable_outcome(spec: JobSpec, outcome: JobOutcome, error: BaseException) -> JobOutcome:
+    """``outcome``, FAILED, when the launcher cannot unpickle the job's return value (or error).
+
+    The job ran to its end, so what it noted (times, process, output dir) stays;
+    its configs travel apart from the value and still reach the sweeper. A job
+    that failed keeps its own error, in words.
+    """
+    failure: Exception
+    error_type: Optional[str]
+    text: Optional[str]
+    if outcome.completed:
+        failure = not_loadable(spec, outcome, error)
+        error_type, text = describe(failure)
+    else:
+        failure = RemoteJobError(
+            f"{outcome.error_type}: {outcome.error} (the launching process cannot unpickle "
+            f"the job's exception: {type(error).__name__}: {error})"
+        )
+        error_type, text = outcome.error_type, outcome.error
+    ret = JobReturn(overrides=list(spec.overrides), status=JobStatus.FAILED)
+    ret._return_value = failure
+    return dataclasses.replace(
+        outcome, completed=False, payload=pickle.dumps(ret), error_type=error_type, error=text
+    )
+
+
 # -- what happened to a job, in words ----------------------------------------------------
 
 LIKELY_CRASH_CAUSES = (
@@ -226,6 +261,21 @@ def not_sendable(spec: JobSpec, value: Any, error: BaseException) -> ResultNotSe
         f"job #{spec.num} ({' '.join(spec.overrides)}) returned a {type(value).__name__} "
         f"that cannot be pickled back to the launcher ({error}). Return plain data "
         "(numbers, strings, lists, dicts, arrays), or define its class at module level."
+    )
+
+
+def not_loadable(spec: JobSpec, outcome: JobOutcome, error: BaseException) -> ResultNotLoadable:
+    """The job's return value pickled in its process, but does not unpickle in the launcher's."""
+    what = f" (a {outcome.return_type})" if outcome.return_type else ""
+    kept = f"; its outputs are kept in {outcome.output_dir}" if outcome.output_dir else ""
+    return ResultNotLoadable(
+        f"job #{spec.num} ({spec.shown}) completed, but the launching process cannot unpickle "
+        f"its return value{what}: {type(error).__name__}: {error}. A return value is pickled "
+        "in the job's process and unpickled in the launching one: its class must be "
+        "importable there by the same name, and unpickling it must not raise (see the "
+        "class's __reduce__ or __setstate__). Return plain data (numbers, strings, lists, "
+        "dicts, arrays), or define its class at module level in a module the launching "
+        f"process imports too{kept}."
     )
 
 

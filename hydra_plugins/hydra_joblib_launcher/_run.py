@@ -1,11 +1,13 @@
 """The worker side: run one JobSpec the way Hydra's basic launcher runs a job.
 
     run_job_spec(spec)
-      ├─ settled before it starts? (a cluster re-ran a job that already timed out or died too often)
+      ├─ settled before it starts? (a cluster re-ran a job that already ended, timed out or died too often)
+      ├─ notes that it started (JobFiles): from now on a death of this process is this job's
       ├─ load_context (once per process) ─▶ Hydra's global state
       ├─ time_limit ─▶ compose the job's config ─▶ hydra.core.utils.run_job(task)
       │                                            the task first notes where it runs (JobFiles)
-      └─ JobOutcome: plain data, the JobReturn pickled (its configs apart)
+      └─ JobOutcome: plain data, the JobReturn pickled (its configs apart),
+         kept in the job dir (_durable) before it is returned
 
 Never raises for anything the job does: a failing task gives a FAILED outcome.
 Only the death of the process itself is left to the supervisor.
@@ -26,6 +28,8 @@ from hydra.core.utils import JobReturn, JobStatus, run_job, setup_globals
 from hydra.types import TaskFunction
 from omegaconf import DictConfig, open_dict
 
+from ._digest import config_view, digest
+from ._durable import forget, keep, recover
 from ._errors import RemoteJobError
 from ._limits import time_limit
 from ._outcome import (
@@ -52,15 +56,19 @@ def run_job_spec(spec: JobSpec, *, long_lived: bool = True) -> JobOutcome:
     settled = _settled_before_start(spec, started)
     if settled is not None:
         return settled
+    spec.files.note_started({"pid": os.getpid(), "host": socket.gethostname(), "started": started})
     context = load_context(spec.context_file, long_lived=long_lived)
     setup_globals()
     where_logged: Dict[str, Any] = {}
+    config_digest = None
     try:
         with time_limit(spec):
+            config = _sweep_config(context, spec)
+            config_digest = digest(config_view(config))  # before run_job adds run-time facts
             ret = run_job(
                 hydra_context=context.hydra_context,
                 task_function=_announced(context.task_function, spec, where_logged),
-                config=_sweep_config(context, spec),
+                config=config,
                 job_dir_key="hydra.sweep.dir",
                 job_subdir_key="hydra.sweep.subdir",
             )
@@ -69,7 +77,8 @@ def run_job_spec(spec: JobSpec, *, long_lived: bool = True) -> JobOutcome:
         ret._return_value = error
     if spec.max_worker_deaths is not None:
         spec.files.forget_starts()
-    return _outcome_of(spec, ret, started=started, where_logged=where_logged)
+    outcome = _outcome_of(spec, ret, started=started, where_logged=where_logged)
+    return keep(spec, dataclasses.replace(outcome, config_digest=config_digest))
 
 
 def _outcome_of(
@@ -94,19 +103,33 @@ def _outcome_of(
         error=error_text,
         devices=_devices(spec),
         configs=configs,
+        return_type=_type_name(ret._return_value) if error_type is None else None,
     )
 
 
+def _type_name(value: Any) -> str:
+    cls = type(value)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def _settled_before_start(spec: JobSpec, started: float) -> Optional[JobOutcome]:
-    """The outcome of a job re-run by the cluster after it already ended badly, else None."""
+    """The outcome of a job re-run by the cluster after it already ended, else None."""
     files = spec.files
     if spec.timeout is not None and files.timed_out():
-        return failed_outcome(spec, timeout_error(spec), started=started, pid=os.getpid())
+        return keep(
+            spec, failed_outcome(spec, timeout_error(spec), started=started, pid=os.getpid())
+        )
     if spec.max_worker_deaths is None:
         return None
+    ended = recover(spec)  # and its worker died before the cluster had its result
+    if ended is not None:
+        return ended
     deaths = files.starts()
     if deaths >= spec.max_worker_deaths:
-        return failed_outcome(spec, died_too_often(spec, deaths), started=started, pid=os.getpid())
+        failed = failed_outcome(
+            spec, died_too_often(spec, deaths), started=started, pid=os.getpid()
+        )
+        return keep(spec, failed)
     files.count_start()
     return None
 
@@ -117,6 +140,7 @@ def _note_started(spec: JobSpec) -> Tuple[Optional[str], Optional[str]]:
     Called as the task starts: Hydra has set the job's config and its logging up.
     """
     output_dir = str(HydraConfig.get().runtime.output_dir)
+    forget(output_dir)  # before the note: a kept outcome in a noted dir is this run's
     log_file = next(
         (
             handler.baseFilename

@@ -1,9 +1,9 @@
 """The launcher Hydra calls: it wires the parts together and holds no logic of its own.
 
-    setup()  ─▶ validate(config) ─▶ warm_up (_pools)
+    setup()  ─▶ hold the sweep dir (_sweeplock) ─▶ validate(config) ─▶ warm_up (_pools)
     launch(job_overrides)
-      ─▶ validate ─▶ jobs_at_once (_pools) ─▶ the context, once (_plan) ─▶ [JobSpec]
-      ─▶ resume: skip what completed before (_resume)
+      ─▶ validate ─▶ jobs_at_once (_pools) ─▶ hold the sweep dir ─▶ the context, once (_plan)
+      ─▶ [JobSpec] ─▶ resume: skip what completed before with the same config (_resume)
       ─▶ open_pools (_pools) ─▶ supervise (_supervisor) ─ report (_report, _manifest)
       ◀─ [JobReturn] in job order
 """
@@ -60,6 +60,7 @@ class JoblibLauncher(Launcher):
         self.config = config
         self.hydra_context = hydra_context
         self.task_function = task_function
+        _hold_sweep_dir(config)
         # The workers start now, while Hydra composes the sweep's jobs.
         warm_up(self.options)
 
@@ -72,6 +73,23 @@ class JoblibLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         with _interrupts_as_exceptions():
             return _launch(self, self.options, job_overrides, initial_job_idx)
+
+
+def _hold_sweep_dir(config: DictConfig) -> None:
+    """Hold the sweep dir from the start of a multirun, before the sweeper writes into it.
+
+    What this process held for an earlier multirun is let go. A dir that cannot
+    be named yet is held by ``launch()``.
+    """
+    from ._sweeplock import hold, release_all
+
+    release_all()
+    try:
+        sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
+    except Exception as error:  # noqa: BLE001 - launch() holds the dir it writes to
+        log.debug("Not holding the sweep dir before launch: %r", error)
+        return
+    hold(sweep_dir)
 
 
 @functools.lru_cache(maxsize=None)
@@ -98,8 +116,9 @@ def _launch(
     job_overrides: Sequence[Sequence[str]],
     initial_job_idx: int,
 ) -> List[JobReturn]:
+    from ._manifest import close_cut_line
     from ._plan import plan
-    from ._resume import load_completed
+    from ._sweeplock import hold
 
     assert launcher.config is not None, "checked by launch()"
     config = launcher.config
@@ -111,7 +130,8 @@ def _launch(
         sweep_dir = sweep_dir.absolute()
     jobs = list(zip(range(initial_job_idx, initial_job_idx + len(job_overrides)), job_overrides))
     _log_launch(options, n_workers=n_workers, where=where, sweep_dir=sweep_dir, jobs=jobs)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    hold(sweep_dir)  # one clear error if another launch writes there
+    close_cut_line(sweep_dir)
 
     # Context and markers: on the shared sweep dir when workers may be elsewhere.
     run_dir = Path(
@@ -122,12 +142,14 @@ def _launch(
             launcher, run_dir if options.distributed else _local_context_dir()
         )
         specs = plan(
-            jobs, options=options, context_file=context_file, marker_dir=run_dir, sweep_dir=sweep_dir
+            jobs,
+            options=options,
+            context_file=context_file,
+            marker_dir=run_dir,
+            sweep_dir=sweep_dir,
         )
-        done = load_completed(specs, sweep_dir) if options.resume else {}
+        done = _completed_before(launcher, specs, sweep_dir) if options.resume else {}
         to_run = [spec for spec in specs if spec.num not in done]
-        if options.resume:
-            log.info(f"Resuming: {len(done)} jobs completed before are skipped, {len(to_run)} run")
         returns = {**done, **_run(to_run, options, n_workers, sweep_dir, len(done))}
         missing = [f"#{spec.num}" for spec in specs if spec.num not in returns]
         if missing:  # a bug of ours, never the user's: say so rather than lose the batch silently
@@ -139,6 +161,26 @@ def _launch(
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
         configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+
+
+def _completed_before(
+    launcher: JoblibLauncher, specs: Sequence["JobSpec"], sweep_dir: Path
+) -> Dict[int, JobReturn]:
+    """Resume: the JobReturns of the jobs not to run again, by number."""
+    from ._resume import load_completed
+
+    assert launcher.hydra_context is not None and launcher.config is not None
+    loader, config = launcher.hydra_context.config_loader, launcher.config
+    # Composed as the job's process composes it (see _run), for the config digest.
+    done = load_completed(
+        specs,
+        sweep_dir,
+        compose=lambda spec: loader.load_sweep_config(config, list(spec.overrides)),
+    )
+    log.info(
+        f"Resuming: {len(done)} jobs completed before are skipped, {len(specs) - len(done)} run"
+    )
+    return done
 
 
 def _refuse_device_override(options: "LaunchOptions", config: DictConfig) -> None:
