@@ -21,16 +21,32 @@ setup(
     package_data={"hydra_plugins.hydra_joblib_launcher": ["py.typed"]},
     license="MIT",
     python_requires=">=3.10",
-    install_requires=["hydra-core>=1.3.2,<1.5", "joblib>=1.5", "cloudpickle>=2.2", "tqdm>=4.60"],
+    # threadpoolctl: a job limits the native thread pools loaded before it started
+    install_requires=[
+        "hydra-core>=1.3.2,<1.5",
+        "joblib>=1.5",
+        "cloudpickle>=2.2",
+        "tqdm>=4.60",
+        "threadpoolctl>=3.1",
+    ],
     extras_require={
+        # the test suite on Hydra 1.3 (the default install)
         "test": [
             "pytest>=7",
             "pandas",
-            # the Optuna sweeper test: hydra-optuna-sweeper allows optuna 2 only, which
+            # the Optuna sweeper test: hydra-optuna-sweeper 1.2/1.3 allow optuna 2 only, which
             # needs SQLAlchemy 1.x (and an alembic that accepts it) for its study storage
-            "hydra-optuna-sweeper>=1.2",
+            "hydra-optuna-sweeper>=1.2,<1.4",
             "sqlalchemy<2",
             "alembic<1.10",
+        ],
+        # the test suite on Hydra 1.4: its Optuna sweeper takes optuna 4.9 or newer
+        "test-hydra14": [
+            "pytest>=7",
+            "pandas",
+            "hydra-core>=1.4.0rc3,<1.5",
+            "hydra-optuna-sweeper>=1.4.0rc3,<1.5",
+            "optuna>=4.9",
         ],
         # backend=dask: joblib's dask backend on a distributed.Client
         "dask": ["dask[distributed]>=2023.1"],

@@ -11,6 +11,7 @@ variables such as ``CUDA_VISIBLE_DEVICES`` are in place before the interpreter
 starts.
 """
 
+import dataclasses
 import os
 import pickle
 import subprocess
@@ -24,6 +25,7 @@ from ._limits import HARD_STOP_GRACE_S
 from ._options import LaunchOptions
 from ._outcome import JobOutcome, crash_error, describe_exit, failed_outcome, timeout_error
 from ._plan import JobSpec
+from ._processes import process_setup
 
 
 class FreshProcessPool:
@@ -35,7 +37,9 @@ class FreshProcessPool:
         self._options = options
         self._n_workers = n_workers
         self._devices = devices
-        self._env = {**os.environ, **_thread_limits(options)}
+        # As loky's workers: each job's share of the CPUs by joblib's rule.
+        self._setup = process_setup(options, n_workers)
+        self._env = {**os.environ, **dict(self._setup.environ)}
         self._running: Dict[int, "subprocess.Popen[bytes]"] = {}
         self._lock = threading.Lock()
         self._stopping = False
@@ -56,6 +60,7 @@ class FreshProcessPool:
         yield from parallel(delayed(self._run_one)(spec) for spec in specs)
 
     def _run_one(self, spec: JobSpec) -> JobOutcome:
+        spec = dataclasses.replace(spec, process_setup=self._setup)
         devices = self._devices.acquire() if self._devices is not None else None
         try:
             return self._run_in_process(spec, devices)
@@ -124,12 +129,3 @@ class FreshProcessPool:
             proc.kill()
         for proc in running:
             proc.wait()
-
-
-def _thread_limits(options: LaunchOptions) -> Dict[str, str]:
-    if options.inner_max_num_threads is None:
-        return {}
-    from joblib.parallel import ParallelBackendBase
-
-    limit = str(options.inner_max_num_threads)
-    return {name: limit for name in ParallelBackendBase.MAX_NUM_THREADS_VARS}

@@ -14,6 +14,7 @@ at every app start.
 """
 
 import atexit
+import dataclasses
 import functools
 import logging
 import re
@@ -21,12 +22,13 @@ import shutil
 import tempfile
 import threading
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, Optional, Sequence, Set
+from typing import Any, Iterator, Optional, Sequence, Set
 
 from ._errors import PoolBroken
 from ._options import LaunchOptions
 from ._outcome import JobOutcome
 from ._plan import JobSpec
+from ._processes import process_setup
 from ._run import init_worker, run_job_spec, warm_worker
 from ._script import script_is_guarded
 from ._values import pre_dispatch_count
@@ -38,6 +40,7 @@ class LokyPool:
     """joblib's loky workers, reused across jobs and batches."""
 
     def __init__(self, options: LaunchOptions, n_workers: int) -> None:
+        self._setup = process_setup(options, n_workers)  # before the fork server fixes the method
         _shutdown_loky_at_exit()
         _fork_workers_from_a_server()
         self._options = options
@@ -76,7 +79,9 @@ class LokyPool:
             backend="loky",
             inner_max_num_threads=options.inner_max_num_threads,
             initializer=init_worker,
-            initargs=(_worker_environ(options, n_jobs),),
+            # loky sets these only in workers of its own start method; forked from the
+            # fork server, a worker sets them itself before its first job's imports.
+            initargs=(dict(self._setup.environ),),
         ):
             yield Parallel(**{**settings, **overrides})
 
@@ -108,7 +113,7 @@ class LokyPool:
         def tasks() -> Iterator[Any]:
             for spec in specs:
                 dispatched.add(spec.num)
-                yield delayed(run_job_spec)(spec)
+                yield delayed(run_job_spec)(dataclasses.replace(spec, process_setup=self._setup))
 
         with self._parallel() as parallel:
             self._generator = parallel(tasks())
@@ -212,21 +217,6 @@ def _fork_workers_from_a_server() -> None:
         return
     multiprocessing.get_context("forkserver").set_forkserver_preload(list(FORKSERVER_PRELOAD))
     set_start_method("forkserver")
-
-
-def _worker_environ(options: LaunchOptions, n_jobs: int) -> Dict[str, str]:
-    """The variables joblib gives a loky worker: native thread pools sized to its share of the CPUs.
-
-    loky sets them as it starts a worker with its own start method only; a
-    worker forked from the fork server sets them itself (:func:`init_worker`),
-    before its first job imports a library that reads them. joblib's own rule
-    computes them.
-    """
-    from joblib.parallel import LokyBackend
-
-    backend = LokyBackend(inner_max_num_threads=options.inner_max_num_threads)
-    environ: Dict[str, str] = backend._prepare_worker_env(n_jobs=n_jobs)
-    return environ
 
 
 @functools.lru_cache(maxsize=None)

@@ -4,7 +4,9 @@
   by value), but code sent by value keeps its file name, so a failed job's
   traceback points at the user's file, not at ``<dynamic-code>``;
 * Hydra's and this package's classes go by name even where Hydra's plugin
-  scan has re-executed their modules (see :func:`_rebound`).
+  scan has re-executed their modules (see :func:`_rebound`);
+* a task function goes by reference where the workers can import it
+  (:class:`TaskByReference`), unwrapping its decorators as they are.
 
 cloudpickle is imported on first use.
 """
@@ -16,6 +18,7 @@ import io
 import pickle
 import sys
 import types
+from dataclasses import dataclass
 from typing import Any, Optional
 
 
@@ -93,3 +96,57 @@ def class_by_name(module: str, qualname: str) -> type:
     if not isinstance(cls, type):
         raise TypeError(f"{module}.{qualname} is not a class")
     return cls
+
+
+# -- tasks by reference ------------------------------------------------------------------
+
+# How deep decorators may nest around a task (functools.wraps chains).
+MAX_UNWRAP = 32
+
+
+@dataclass(frozen=True)
+class TaskByReference:
+    """A task function named by where a worker finds it, instead of pickled with its module's objects.
+
+    ``module`` and ``qualname`` name the module-level object (the task, or a
+    decorator's wrapper around it); ``unwrap`` is how many ``__wrapped__`` links
+    lead from that object to the task. A worker imports the module (for
+    ``__main__``, the app's script, imported as multiprocessing's spawn does)
+    and follows the links: nothing else of the module is pickled, so objects
+    there that refuse pickling (a lock, a client, a module facade) never matter.
+    """
+
+    module: str
+    qualname: str
+    unwrap: int
+
+    def resolve(self) -> Any:
+        module = sys.modules.get(self.module) or importlib.import_module(self.module)
+        task: Any = functools.reduce(getattr, self.qualname.split("."), module)
+        for _ in range(self.unwrap):
+            task = task.__wrapped__
+        return task
+
+
+def task_reference(task: Any) -> Optional[TaskByReference]:
+    """How a worker that imports ``task``'s module finds it again; None when it cannot.
+
+    None for a task defined inside a function or a notebook cell, and for a
+    callable object (an instance has no qualified name): those go by value.
+    """
+    module_name = getattr(task, "__module__", None)
+    qualname = getattr(task, "__qualname__", None)
+    if not isinstance(module_name, str) or not isinstance(qualname, str) or "<" in qualname:
+        return None
+    module = sys.modules.get(module_name)
+    try:
+        found: Any = functools.reduce(getattr, qualname.split("."), module)
+    except AttributeError:
+        return None
+    for depth in range(MAX_UNWRAP + 1):
+        if found is task:
+            return TaskByReference(module_name, qualname, depth)
+        found = getattr(found, "__wrapped__", None)
+        if found is None:
+            return None
+    return None

@@ -16,7 +16,7 @@ import pickle
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from hydra.core.singleton import Singleton
 from hydra.types import HydraContext, TaskFunction
@@ -24,7 +24,8 @@ from omegaconf import DictConfig
 
 from ._jobfiles import JobFiles, write_atomically
 from ._options import LaunchOptions
-from ._pickling import dumps
+from ._pickling import TaskByReference, dumps, task_reference
+from ._processes import ProcessSetup, users_main
 
 
 @dataclass(frozen=True)
@@ -32,9 +33,16 @@ class SharedContext:
     """Everything a job needs that is the same for every job of a launch."""
 
     hydra_context: HydraContext
-    task_function: TaskFunction
+    task_function: Union[TaskFunction, TaskByReference]  # by reference where workers can import it
     config: DictConfig
     singleton_state: Dict[Any, Any]  # Hydra's, with OmegaConf's resolvers (the app's too)
+
+    def task(self) -> TaskFunction:
+        """The task function, found in this process when it came by reference."""
+        if isinstance(self.task_function, TaskByReference):
+            task: TaskFunction = self.task_function.resolve()
+            return task
+        return self.task_function
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,7 @@ class JobSpec:
     # its starts and gives up, FAILED, after this many deaths.
     max_worker_deaths: Optional[int] = None
     sweep_dir: Optional[str] = None  # replaces hydra.sweep.dir (made absolute for remote workers)
+    process_setup: Optional[ProcessSetup] = None  # set by the pools of this machine (loky, fresh)
 
     @property
     def files(self) -> JobFiles:
@@ -83,6 +92,23 @@ def plan(
         )
         for num, overrides in jobs
     ]
+
+
+def task_to_send(
+    task_function: TaskFunction, options: LaunchOptions
+) -> Union[TaskFunction, TaskByReference]:
+    """The task by reference where the workers can import it, else the task itself (by value).
+
+    A task of the app's script (``__main__``) can be found by reference only in
+    local workers that import the script as spawn does (a script that keeps its
+    app under ``if __name__ == "__main__":``); cluster workers get it by value.
+    """
+    reference = task_reference(task_function)
+    if reference is None:
+        return task_function
+    if reference.module == "__main__" and (options.distributed or not users_main()):
+        return task_function
+    return reference
 
 
 def pickle_context(context: SharedContext) -> bytes:

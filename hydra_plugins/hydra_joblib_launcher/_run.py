@@ -42,6 +42,7 @@ from ._outcome import (
 )
 from ._pickling import dumps
 from ._plan import JobSpec, SharedContext, load_context
+from ._processes import as_launched, bind_main
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +63,13 @@ def run_job_spec(spec: JobSpec, *, long_lived: bool = True) -> JobOutcome:
     where_logged: Dict[str, Any] = {}
     config_digest = None
     try:
+        task_function = _task_of(context, spec)  # the script's errors fail the job
         with time_limit(spec):
             config = _sweep_config(context, spec)
             config_digest = digest(config_view(config))  # before run_job adds run-time facts
             ret = run_job(
                 hydra_context=context.hydra_context,
-                task_function=_announced(context.task_function, spec, where_logged),
+                task_function=_announced(task_function, spec, where_logged),
                 config=config,
                 job_dir_key="hydra.sweep.dir",
                 job_subdir_key="hydra.sweep.subdir",
@@ -79,6 +81,16 @@ def run_job_spec(spec: JobSpec, *, long_lived: bool = True) -> JobOutcome:
         spec.files.forget_starts()
     outcome = _outcome_of(spec, ret, started=started, where_logged=where_logged)
     return keep(spec, dataclasses.replace(outcome, config_digest=config_digest))
+
+
+def _task_of(context: SharedContext, spec: JobSpec) -> TaskFunction:
+    """The task, in the process a plain run of the app would give it (local pools)."""
+    if spec.process_setup is None:
+        return context.task()
+    as_launched(spec.process_setup)
+    task_function = context.task()
+    bind_main(task_function)
+    return task_function
 
 
 def _outcome_of(

@@ -139,7 +139,7 @@ def _launch(
     )
     try:
         context_file = _send_once(
-            launcher, run_dir if options.distributed else _local_context_dir()
+            launcher, options, run_dir if options.distributed else _local_context_dir()
         )
         specs = plan(
             jobs,
@@ -226,15 +226,15 @@ def _log_launch(
         log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
 
 
-def _send_once(launcher: JoblibLauncher, directory: Path) -> Path:
+def _send_once(launcher: JoblibLauncher, options: "LaunchOptions", directory: Path) -> Path:
     """Pickle what every job shares into a file in ``directory``; one clear error if it cannot be."""
-    from ._plan import SharedContext, pickle_context, write_context
+    from ._plan import SharedContext, pickle_context, task_to_send, write_context
 
     assert launcher.config is not None, "checked by launch()"
     assert launcher.hydra_context is not None and launcher.task_function is not None
     context = SharedContext(
         hydra_context=launcher.hydra_context,
-        task_function=launcher.task_function,
+        task_function=task_to_send(launcher.task_function, options),
         config=launcher.config,
         singleton_state=Singleton.get_state(),
     )
