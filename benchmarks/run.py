@@ -38,6 +38,11 @@ released, basic, this, released, ...):
   e   a on the embedded Dask cluster (``this-dask``: this launcher with
       ``hydra.launcher.backend=dask``, a LocalCluster it starts itself) against basic;
       1.2.0 cannot start a cluster, so it has no row
+  f   4 small PyTorch training jobs (#20): apps/torch_train.py, torch imported at the
+      script's top, a DataLoader with 2 worker processes per epoch; this launcher on loky
+      (``this``) and on ``backend=multiprocessing`` (``this-mp``) against basic and 1.2.0,
+      in their own envs with ``torch==2.13.0`` (``env-this-torch``, ``env-released-torch``);
+      skipped, with a message, when torch cannot be installed
 
 Both joblib launchers run with ``hydra.launcher.n_jobs=2``.
 """
@@ -63,10 +68,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 APP = HERE / "apps" / "bench_app.py"
+TORCH_APP = HERE / "apps" / "torch_train.py"  # scenario f
+TORCH = "torch==2.13.0"  # installed for scenario f only, in envs of their own
 RELEASED = "hydra-joblib-launcher==1.2.0"
 LAUNCHERS = ("basic", "this", "released")
 DASK = "this-dask"  # this launcher on its embedded Dask cluster: scenario e only
-ORDER = (*LAUNCHERS, DASK)
+MP = "this-mp"  # this launcher with backend=multiprocessing: scenario f only
+ORDER = (*LAUNCHERS, MP, DASK)
 N_JOBS = 2  # hydra.launcher.n_jobs for both joblib launchers
 PACKAGES = ("hydra-core", "omegaconf", "antlr4-python3-runtime", "joblib", "cloudpickle", "hydra-joblib-launcher")
 
@@ -76,6 +84,8 @@ TARGET_B = 0.80
 TARGET_C_S = 0.5
 TARGET_D_RSS = 1.5
 LINEAR_TOLERANCE = 1.25  # per-job cost of the last size step may exceed the first's by this factor
+TARGET_F_LOKY = 0.75  # (f) the PyTorch sweep on loky (this, and 1.2.0 for comparison)
+TARGET_F_MP = 0.90  # (f) on backend=multiprocessing
 
 
 def log(message: str) -> None:
@@ -135,13 +145,14 @@ def git_state() -> Dict[str, Any]:
     return {"repo_commit": commit.stdout.strip() or None, "repo_dirty": bool(dirty.stdout.strip())}
 
 
-def build_this_env(cache: Path, base_python: str, extra: str = "") -> Path:
-    """A new venv with this repo installed as a user installs it, with ``extra`` if given.
+def build_this_env(cache: Path, base_python: str, extra: str = "", packages: Sequence[str] = (), tag: str = "") -> Path:
+    """A new venv with this repo installed as a user installs it, with ``extra`` and ``packages`` if given.
 
     New every time: an extra's packages (psutil, which loky imports when it is
     there) must not linger in the environment that measures the default install.
+    ``tag`` names the env when ``packages`` are given (``env-this-torch``).
     """
-    name = f"env-this-{extra}" if extra else "env-this"
+    name = f"env-this-{extra or tag}" if extra or tag else "env-this"
     env_dir = cache / name
     log_file = cache / f"{name}.log"
     python = venv_python(env_dir)
@@ -151,7 +162,8 @@ def build_this_env(cache: Path, base_python: str, extra: str = "") -> Path:
     SNAPSHOT_OF.update(git_state())
     _snapshot_repo(snapshot)
     log(f"installing this repo ({REPO}) into {env_dir} (pip install, not editable) ...")
-    _run_logged([python, "-m", "pip", "install", f"{snapshot}[{extra}]" if extra else str(snapshot)], log_file)
+    _run_logged([python, "-m", "pip", "install", f"{snapshot}[{extra}]" if extra else str(snapshot), *packages],
+                log_file)  # fmt: skip
     shutil.rmtree(snapshot, ignore_errors=True)
     return python
 
@@ -168,11 +180,11 @@ def _isolated(python: Path, code: str) -> str:
     return proc.stdout
 
 
-def package_versions(python: Path) -> Dict[str, Optional[str]]:
+def package_versions(python: Path, also: Sequence[str] = ()) -> Dict[str, Optional[str]]:
     code = (
         "import importlib.metadata as m, json, sys\n"
         "out = {'python': sys.version.split()[0]}\n"
-        f"for name in {list(PACKAGES)!r}:\n"
+        f"for name in {[*PACKAGES, *also]!r}:\n"
         "    try: out[name] = m.version(name)\n"
         "    except m.PackageNotFoundError: out[name] = None\n"
         "print(json.dumps(out))\n"
@@ -180,14 +192,20 @@ def package_versions(python: Path) -> Dict[str, Optional[str]]:
     return json.loads(_isolated(python, code))
 
 
-def build_released_env(cache: Path, base_python: str, pins: Dict[str, Optional[str]]) -> Path:
-    env_dir = cache / "env-released"
-    log_file = cache / "env-released.log"
+def build_released_env(
+    cache: Path, base_python: str, pins: Dict[str, Optional[str]], packages: Sequence[str] = (), tag: str = ""
+) -> Path:
+    name = f"env-released-{tag}" if tag else "env-released"
+    env_dir = cache / name
+    log_file = cache / f"{name}.log"
     python = venv_python(env_dir)
     wanted = {name: pins[name] for name in ("hydra-core", "omegaconf", "antlr4-python3-runtime", "joblib")}
     if python.exists():
-        have = package_versions(python)
-        if have.get("hydra-joblib-launcher") == "1.2.0" and all(have.get(k) == v for k, v in wanted.items()):
+        have = package_versions(python, [p.split("==")[0] for p in packages])
+        # a local version label counts as the pin (torch's wheels: 2.13.0+cpu for torch==2.13.0)
+        extra_ok = all((have.get(p.split("==")[0]) or "").split("+")[0] == p.split("==")[1]
+                       for p in packages if "==" in p)  # fmt: skip
+        if have.get("hydra-joblib-launcher") == "1.2.0" and all(have.get(k) == v for k, v in wanted.items()) and extra_ok:
             log(f"reusing {env_dir}")
             return python
     log(f"creating {env_dir} with {RELEASED} and hydra-core=={pins['hydra-core']} ...")
@@ -195,9 +213,10 @@ def build_released_env(cache: Path, base_python: str, pins: Dict[str, Optional[s
     constraints = cache / "released-constraints.txt"
     constraints.write_text("".join(f"{k}=={v}\n" for k, v in wanted.items() if v))
     _run_logged(
-        [python, "-m", "pip", "install", "-c", str(constraints), RELEASED, f"hydra-core=={pins['hydra-core']}"],
+        [python, "-m", "pip", "install", "-c", str(constraints), RELEASED, f"hydra-core=={pins['hydra-core']}",
+         *packages],
         log_file,
-    )
+    )  # fmt: skip
     return python
 
 
@@ -346,6 +365,8 @@ def launcher_overrides(launcher: str) -> List[str]:
     if launcher == "basic":
         return ["hydra/launcher=basic"]
     joblib = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={N_JOBS}"]
+    if launcher == MP:
+        return [*joblib, "hydra.launcher.backend=multiprocessing"]
     return [*joblib, "hydra.launcher.backend=dask"] if launcher == DASK else joblib
 
 
@@ -361,15 +382,17 @@ def run_once(
     workdir: Path,
     timeout_s: float,
     grace_s: float = 1.0,
+    app: Path = APP,
 ) -> Run:
     tag = f"{scenario}-{launcher}-{rep}"
     sweep = workdir / f"sweep-{tag}"
     stamps = workdir / f"stamps-{tag}.txt"
     self_file = workdir / f"self-{tag}.json"
     out_file = workdir / f"out-{tag}.log"
+    work_args = [f"work={work}", f"loops={loops}"] if app == APP else []  # the torch app trains, always
     cmd = [
-        str(python), str(APP), "--multirun",
-        f"x=range(0,{n})", f"work={work}", f"loops={loops}", f"stamp_file={stamps}",
+        str(python), str(app), "--multirun",
+        f"x=range(0,{n})", *work_args, f"stamp_file={stamps}",
         f"hydra.sweep.dir={sweep}", *launcher_overrides(launcher),
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
@@ -447,11 +470,15 @@ class Scenario:
     work: str
     reps: int
     what: str
+    app: Path = APP
+    torch: bool = False  # runs in the envs with torch (env-this-torch, env-released-torch)
 
     def launchers(self, chosen: Sequence[str]) -> List[str]:
         """Who runs this scenario, of the launchers chosen on the command line."""
         if self.name == "e":
             return ["basic", DASK] if "this" in chosen else ["basic"]
+        if self.name == "f":  # this launcher on loky and on multiprocessing
+            return sorted({*chosen, *([MP] if "this" in chosen else [])}, key=ORDER.index)
         return list(chosen)
 
 
@@ -469,6 +496,9 @@ def scenarios(args: argparse.Namespace) -> List[Scenario]:
             out.append(Scenario(f"d-{size}", size, "trivial", args.reps_d, f"{size} trivial jobs"))
     if "e" in chosen:
         out.append(Scenario("e", 8, "cpu", args.reps, "8 CPU-bound jobs of ~1 s, this launcher on Dask"))
+    if "f" in chosen:
+        out.append(Scenario("f", 4, "train", args.reps, "4 small PyTorch training jobs, DataLoader(num_workers=2)",
+                            app=TORCH_APP, torch=True))  # fmt: skip
     return out
 
 
@@ -500,7 +530,7 @@ def run_scenario(
                 waited = wait_until_quiet(quiet.max_foreign, quiet.wait_s)
                 run = run_once(
                     pythons[launcher], launcher, scenario=scenario.name, rep=rep, n=scenario.n,
-                    work=scenario.work, loops=loops, workdir=workdir, timeout_s=timeout_s,
+                    work=scenario.work, loops=loops, workdir=workdir, timeout_s=timeout_s, app=scenario.app,
                 )  # fmt: skip
                 run.waited_quiet_s = waited
                 run.disturbed = run.foreign_cores > quiet.max_foreign
@@ -630,8 +660,8 @@ def check_targets(rows: Sequence[Dict[str, Any]], d_sizes: Sequence[int], launch
     """The issue's targets for ``launcher``, each with the measured value and whether it holds."""
     checks: List[Dict[str, Any]] = []
 
-    def add(name: str, holds: Optional[bool], measured: str, target: str) -> None:
-        checks.append({"target": name, "launcher": launcher, "holds": holds, "measured": measured, "wanted": target})
+    def add(name: str, holds: Optional[bool], measured: str, target: str, who: str = launcher) -> None:
+        checks.append({"target": name, "launcher": who, "holds": holds, "measured": measured, "wanted": target})
 
     for scen, limit in (("a", TARGET_A), ("b", TARGET_B)):
         row = _row(rows, scen, launcher)
@@ -655,7 +685,12 @@ def check_targets(rows: Sequence[Dict[str, Any]], d_sizes: Sequence[int], launch
         growth = last / first if first > 0 else float("inf")
         add(f"(d) linear growth: per-job cost {n0}->{n1} vs {m0}->{m1} jobs", growth <= LINEAR_TOLERANCE,
             f"{first * 1000:.1f} -> {last * 1000:.1f} ms/job ({growth:.2f})", f"<= {LINEAR_TOLERANCE}")  # fmt: skip
-    mine = [r for r in rows if r["launcher"] == launcher]
+    for who, limit in ((launcher, TARGET_F_LOKY), *(((MP, TARGET_F_MP),) if launcher == "this" else ())):
+        row = _row(rows, "f", who)
+        if row and row["wall_ratio"] is not None:
+            add("(f) PyTorch sweep wall / basic", row["wall_ratio"] <= limit, f"{row['wall_ratio']:.2f}",
+                f"<= {limit}", who)  # fmt: skip
+    mine = [r for r in rows if r["launcher"] in ((launcher, MP) if launcher == "this" else (launcher,))]
     if mine:
         total = sum(r["leftovers"] for r in mine)
         add("no process left behind", total == 0, f"{total} leftover processes", "0")
@@ -704,7 +739,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=None, help="repetitions of a, b and c (default 5)")
     parser.add_argument("--reps-d", type=int, default=None, help="repetitions of d (default 3)")
     parser.add_argument("--d-sizes", default=None, help="numbers of jobs for d (default 100,2000)")
-    parser.add_argument("--scenarios", default="a,b,c,d,e", help="which of a,b,c,d,e to run (default all)")
+    parser.add_argument("--scenarios", default="a,b,c,d,e,f", help="which of a,b,c,d,e,f to run (default all)")
     parser.add_argument("--launchers", default=",".join(LAUNCHERS), help="default basic,this,released")
     parser.add_argument("--python", default=None,
                         help="an interpreter with this launcher installed (and the dask extra, for e), used "
@@ -749,12 +784,40 @@ def _env_pythons(args: argparse.Namespace, launchers: Sequence[str], dask: bool 
     return pythons
 
 
-def _warm_up(pythons: Dict[str, Path], launchers: Sequence[str], workdir: Path, timeout_s: float) -> None:
-    """One untimed 2-job sweep per launcher: imports compiled and cached, nothing measured cold."""
+def _torch_pythons(args: argparse.Namespace, launchers: Sequence[str], pins: Dict[str, Optional[str]]
+                   ) -> Optional[Dict[str, Path]]:  # fmt: skip
+    """The interpreters of scenario f, with torch; None (f is skipped) when torch cannot be had."""
+    try:
+        if args.python:
+            this = Path(args.python)
+            _isolated(this, "import torch")
+        else:
+            this = build_this_env(args.env_dir, args.base_python, packages=[TORCH], tag="torch")
+        pythons = {"basic": this, "this": this, MP: this}
+        if "released" in launchers:
+            pythons["released"] = build_released_env(args.env_dir, args.base_python, pins, packages=[TORCH],
+                                                     tag="torch")  # fmt: skip
+    except (SystemExit, subprocess.CalledProcessError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        log(f"scenario f skipped: no {TORCH} in its environments ({first}; see the env logs in {args.env_dir})")
+        return None
+    return pythons
+
+
+def _warm_up(pythons: Dict[str, Path], launchers: Sequence[str], workdir: Path, timeout_s: float,
+             app: Path = APP) -> None:  # fmt: skip
+    """One untimed 2-job sweep per launcher: imports compiled and cached, nothing measured cold.
+
+    A launcher that cannot run the PyTorch app (1.2.0: see the table) is measured all the
+    same: its runs are counted as failed, the others go on.
+    """
     for launcher in launchers:
         run = run_once(pythons[launcher], launcher, scenario="warmup", rep=0, n=2, work="trivial",
-                       loops=0, workdir=workdir, timeout_s=timeout_s)  # fmt: skip
-        if not run.ok:
+                       loops=0, workdir=workdir, timeout_s=timeout_s, app=app)  # fmt: skip
+        if not run.ok and app == TORCH_APP:
+            log(f"warm-up run of {launcher} on the PyTorch app failed (exit {run.returncode}); its runs "
+                f"of f will fail too:\n    " + run.log_tail.replace("\n", "\n    "))  # fmt: skip
+        elif not run.ok:
             raise SystemExit(f"warm-up run of {launcher} failed (exit {run.returncode}):\n{run.log_tail}")
 
 
@@ -810,16 +873,29 @@ def full(args: argparse.Namespace) -> int:
     log(f"versions: {json.dumps(versions)}")
     log(f"cpu loop: {loops} iterations ~ 1 s; subreaper: {subreaper}")
     scenario_list = scenarios(args)
+    torch_pythons = None
+    if any(s.torch for s in scenario_list):
+        torch_pythons = _torch_pythons(args, launchers, package_versions(pythons["this"]))
+        if torch_pythons is None:
+            scenario_list = [s for s in scenario_list if not s.torch]
+        else:
+            for name in ("this", "released"):
+                if name in torch_pythons:
+                    versions[f"{name}-torch"] = package_versions(torch_pythons[name], ["torch"])
+                    log(f"{name}-torch: {plugin_check(torch_pythons[name])}, {versions[f'{name}-torch']['torch']}")
     workdir = Path(tempfile.mkdtemp(prefix="hydra-joblib-bench-"))
     runs: List[Run] = []
     discarded: List[Run] = []
     started = time.time()
     try:
-        _warm_up(pythons, sorted({name for s in scenario_list for name in s.launchers(launchers)}, key=ORDER.index),
-                 workdir, args.timeout)  # fmt: skip
+        for group, group_pythons, app in ((False, pythons, APP), (True, torch_pythons, TORCH_APP)):
+            chosen = {name for s in scenario_list if s.torch == group for name in s.launchers(launchers)}
+            if chosen and group_pythons is not None:
+                _warm_up(group_pythons, sorted(chosen, key=ORDER.index), workdir, args.timeout, app)
         for scenario in scenario_list:
             log(f"scenario {scenario.name}: {scenario.what}, {scenario.reps} alternating repetitions")
-            runs += run_scenario(scenario, pythons, launchers, loops=loops, workdir=workdir,
+            scenario_pythons = torch_pythons if scenario.torch and torch_pythons is not None else pythons
+            runs += run_scenario(scenario, scenario_pythons, launchers, loops=loops, workdir=workdir,
                                  timeout_s=args.timeout, quiet=_quiet(args), discarded=discarded)  # fmt: skip
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
