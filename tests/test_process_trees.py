@@ -88,6 +88,18 @@ def test_a_child_left_running_by_a_completed_job_is_stopped_and_named_in_its_log
     assert_stopped_in_log(sweep_dir, 0, pid)
 
 
+@pytest.mark.parametrize("where", ["loky", "multiprocessing"])
+def test_without_a_subreaper_an_orphan_is_stopped_with_its_workers_group(
+    where: str, sweep_dir: Path
+) -> None:
+    # As on macOS: the orphan leaves the worker's tree, but not its process group.
+    run = sweep(LOCAL[where], sweep_dir, "+modes.a=leave", "+child=orphan", "+no_subreaper=true")
+
+    assert run.returncode == 0, run.output
+    pid = child_of(sweep_dir, 0)
+    assert gone([pid]) == [], f"job #0's child {pid} outlived the sweep"
+
+
 # -- a job past its timeout -------------------------------------------------------------
 
 

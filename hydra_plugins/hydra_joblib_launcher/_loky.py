@@ -134,6 +134,7 @@ class LokyPool:
                     in_flight.pop(item.num, None)
                     yield item
                 elif item is _DRAINED:
+                    _last_workers[:] = _worker_pids()
                     return
                 elif isinstance(item, BrokenProcessPool):
                     # The dead worker's group holds what its job started; loky kills
@@ -306,9 +307,21 @@ def _shutdown_loky_at_exit() -> None:
 
 
 def shutdown_loky() -> None:
-    """Stop joblib's reusable loky executor and its workers, if one is running."""
+    """Stop joblib's reusable loky executor and its workers, if one is running.
+
+    Then their process groups: where a worker cannot adopt orphans (no
+    subreaper outside Linux), what a job left behind stays in its worker's group.
+    """
     from joblib.externals.loky import reusable_executor
 
     executor = getattr(reusable_executor, "_executor", None)
+    workers = {*_worker_pids(), *_last_workers}
     if executor is not None:
         executor.shutdown(wait=True, kill_workers=True)
+    stop_groups(sorted(workers))
+    _last_workers.clear()
+
+
+# Per process: loky's workers as the last batch ended. At exit loky's own hook,
+# which runs first, stops them and empties its table; their groups go after.
+_last_workers: List[int] = []

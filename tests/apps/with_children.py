@@ -14,6 +14,8 @@ child of the job's process), orphan (through a process that exits at once, so
 the sleep's parent is gone), session (an orphan in a session of its own, as a
 daemon makes itself). The job writes the sleep's pid into ``child.pid`` in its
 output dir and, with ``+pid_dir=<dir>``, into ``<dir>/<name>.pid``.
+``+no_subreaper=true`` first makes the job's process stop adopting orphans (as
+on a platform without Linux's child subreapers).
 
 With ``+pid_dir``, each job first writes ``<dir>/<name>.saw.json``: for each
 ``*.pid`` file of another job already there, whether that pid was running
@@ -86,6 +88,10 @@ def main(cfg: DictConfig) -> object:
         note_others(pid_dir, name)
     if mode == "ok":
         return name
+    if cfg.get("no_subreaper"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(36, 0, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER off
     pid = start_child(str(cfg.get("child", "plain")))
     (Path(HydraConfig.get().runtime.output_dir) / "child.pid").write_text(str(pid))
     if pid_dir is not None:
