@@ -78,6 +78,42 @@ def alive(pid: int) -> bool:
     return True
 
 
+def running(pid: int) -> bool:
+    """``pid`` is alive and not a zombie (here an orphan's zombie may never be reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def gone(pids: Sequence[int], within: float = 3.0) -> List[int]:
+    """Those of ``pids`` still running after ``within`` seconds at most."""
+    deadline = time.monotonic() + within
+    while True:
+        left = [pid for pid in pids if running(pid)]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
+def session_processes(sid: int) -> List[int]:
+    """The processes of session ``sid`` that still run (zombies are gone for good)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        # fields[0] is the state, fields[3] the session id
+        if int(fields[3]) == sid and fields[0] != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
 def assert_clear_error(run: Run, *texts: str) -> None:
     """The launch failed with one message holding ``texts``, and no traceback."""
     assert run.returncode == 1, run.output

@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any, List
 
 import pytest
-
-from conftest import APPS, Run, app_env, jobs, run_app
+from conftest import APPS, Run, app_env, jobs, run_app, session_processes
 
 BACKENDS = ["loky", "multiprocessing"]
 NAMES = "abcdef"
@@ -212,6 +211,8 @@ def test_a_result_the_launcher_cannot_unpickle_fails_its_job_alone(
 
 
 def test_a_task_that_cannot_be_pickled_fails_before_any_job_starts(tmp_path: Path) -> None:
+    # A script that calls its app at top level cannot be imported by the workers, so
+    # its task goes by value (a guarded one goes by reference: the lock never matters).
     app = tmp_path / "app.py"
     app.write_text(
         "import threading\n"
@@ -221,8 +222,7 @@ def test_a_task_that_cannot_be_pickled_fails_before_any_job_starts(tmp_path: Pat
         "@hydra.main(**MAIN_KWARGS, config_path=None, config_name=None)\n"
         "def main(cfg):\n"
         "    return LOCK\n"
-        "if __name__ == '__main__':\n"
-        "    main()\n"
+        "main()\n"
     )
     sweep_dir = tmp_path / "sweep"
     run = run_app(
@@ -236,22 +236,6 @@ def test_a_task_that_cannot_be_pickled_fails_before_any_job_starts(tmp_path: Pat
     assert "lock" in run.stderr
     assert "Traceback" not in run.stderr
     assert not (sweep_dir / "0").exists()
-
-
-def _session_processes(sid: int) -> List[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        # fields[0] is the state, fields[3] the session id; zombies are gone for good
-        if int(fields[3]) == sid and fields[0] != "Z":
-            pids.append(int(entry.name))
-    return pids
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -298,7 +282,7 @@ def test_an_interrupt_stops_every_process_and_reports_the_counts(
     assert proc.returncode != 0
     assert exited_after < 10
     time.sleep(3)
-    assert _session_processes(proc.pid) == [], "processes of the sweep outlived it"
+    assert session_processes(proc.pid) == [], "processes of the sweep outlived it"
     assert "Interrupted: 3 jobs completed, 0 failed, 3 stopped or never ran" in output
     assert finished(sweep_dir) == ["a", "b", "c"]
 
@@ -314,7 +298,7 @@ def test_no_process_outlives_a_normal_multirun(backend: str, tmp_path: Path) -> 
     )
     assert proc.wait(timeout=120) == 0
     time.sleep(2)
-    assert _session_processes(proc.pid) == []
+    assert session_processes(proc.pid) == []
 
 
 def test_optuna_sees_every_healthy_trial_when_jobs_crash(tmp_path: Path) -> None:

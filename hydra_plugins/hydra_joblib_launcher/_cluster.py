@@ -42,9 +42,9 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
 from ._errors import LauncherConfigError, WorkerCannotRun
-from ._outcome import JobOutcome, cannot_run
+from ._outcome import STOPPED, JobOutcome, cannot_run
 from ._plan import JobSpec
-from ._run import run_job_spec
+from ._run import run_job_spec, stop_running_job
 
 # Deaths of its worker after which a job gives up (FAILED) instead of being run
 # again. Dask's scheduler gives up on a task itself after more deaths than
@@ -145,10 +145,18 @@ def stop_jobs_of(marker_dir: str) -> List[int]:
     """Run on every worker: kill this worker process if it runs a job of the launch ``marker_dir``.
 
     Threads cannot be stopped from outside, so the process goes, as it does for a
-    job past its timeout; a worker with a nanny is restarted. Returns the job
+    job past its timeout; a worker with a nanny is restarted. The processes the
+    job started go first (the worker's death would orphan them). Returns the job
     numbers it will stop; the kill comes a moment later, after the answer is sent.
     """
     mine = [num for num, where in list(_running.items()) if where == marker_dir]
     if mine:
-        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGKILL)).start()
+        threading.Timer(0.2, _stop_and_die).start()
     return mine
+
+
+def _stop_and_die() -> None:
+    try:
+        stop_running_job(STOPPED)
+    finally:
+        os.kill(os.getpid(), signal.SIGKILL)

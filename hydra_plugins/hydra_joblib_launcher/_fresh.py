@@ -8,7 +8,9 @@ Every job runs in a new Python process started for it alone, with its own
 environment, babysat by one of joblib's threads. A death costs only that job,
 a job past its timeout is killed without touching the others, and environment
 variables such as ``CUDA_VISIBLE_DEVICES`` are in place before the interpreter
-starts.
+starts. The process leads a process group of its own: when it has exited, or is
+stopped by an interrupt, whatever of the group still runs (what a job that died
+had started) is stopped, and only then are its devices released.
 """
 
 import dataclasses
@@ -18,14 +20,32 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 from ._devices import DevicePool
 from ._limits import HARD_STOP_GRACE_S
 from ._options import LaunchOptions
-from ._outcome import JobOutcome, crash_error, describe_exit, failed_outcome, timeout_error
+from ._outcome import (
+    ENDED,
+    INTERRUPTED,
+    TIMED_OUT,
+    WORKER_DIED,
+    JobOutcome,
+    crash_error,
+    describe_exit,
+    failed_outcome,
+    report_stopped,
+    timeout_error,
+)
 from ._plan import JobSpec
 from ._processes import process_setup
+from ._tree import TERM_GRACE_S, stop_groups
+
+# A job's process leads a new process group from its first instruction (Python
+# 3.11's process_group; 3.10 has a new session, which makes a new group too).
+OWN_GROUP: Dict[str, Any] = (
+    {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
+)
 
 
 class FreshProcessPool:
@@ -40,7 +60,7 @@ class FreshProcessPool:
         # As loky's workers: each job's share of the CPUs by joblib's rule.
         self._setup = process_setup(options, n_workers)
         self._env = {**os.environ, **dict(self._setup.environ)}
-        self._running: Dict[int, "subprocess.Popen[bytes]"] = {}
+        self._running: Dict[int, Tuple[JobSpec, "subprocess.Popen[bytes]"]] = {}
         self._lock = threading.Lock()
         self._stopping = False
 
@@ -82,14 +102,25 @@ class FreshProcessPool:
             with self._lock:
                 self._running.pop(spec.num, None)
         payload = spec.files.take_outcome()
+        timed_out = payload is None and (returncode is None or spec.files.timed_out())
+        how = ENDED if payload is not None else TIMED_OUT if timed_out else WORKER_DIED
+        if not self._stopping:  # else stop() stops the group, and says so
+            self._stop_group(spec, proc.pid, how)
         if payload is not None:
             outcome: JobOutcome = pickle.loads(payload)
             return outcome
-        if returncode is None or spec.files.timed_out():
+        if returncode is None or timed_out:
             error: Exception = timeout_error(spec)
         else:
             error = crash_error(spec, describe_exit(returncode))
         return failed_outcome(spec, error, started=started, pid=proc.pid, devices=devices)
+
+    @staticmethod
+    def _stop_group(spec: JobSpec, pgid: int, how: str) -> None:
+        """Stop what is left of the job's process group: what it started, if its process died."""
+        stopped = stop_groups([pgid]).get(pgid, {})
+        stopped.pop(pgid, None)  # the job's own process (killed for an interrupt)
+        report_stopped(spec, how, stopped)
 
     def _start(self, spec: JobSpec, env: Dict[str, str]) -> "Optional[subprocess.Popen[bytes]]":
         with self._lock:
@@ -99,8 +130,9 @@ class FreshProcessPool:
                 [sys.executable, "-m", f"{__package__}._worker"],
                 stdin=subprocess.PIPE,
                 env=env,
+                **OWN_GROUP,
             )
-            self._running[spec.num] = proc
+            self._running[spec.num] = (spec, proc)
         assert proc.stdin is not None, "opened with stdin=PIPE"
         try:
             proc.stdin.write(pickle.dumps(spec))
@@ -112,7 +144,12 @@ class FreshProcessPool:
     @staticmethod
     def _wait(proc: "subprocess.Popen[bytes]", spec: JobSpec) -> Optional[int]:
         """The exit status, or None when the job overran its timeout and was killed here."""
-        limit = None if spec.timeout is None else spec.timeout + HARD_STOP_GRACE_S + 1
+        # Past the job's own hard stop, which first stops the processes the job started.
+        limit: Optional[float] = None
+        if spec.timeout is None:
+            limit = None
+        else:
+            limit = spec.timeout + HARD_STOP_GRACE_S + TERM_GRACE_S + 1
         try:
             return proc.wait(timeout=limit)
         except subprocess.TimeoutExpired:
@@ -121,11 +158,15 @@ class FreshProcessPool:
             return None
 
     def stop(self) -> None:
-        """Start nothing more and kill every running job process."""
+        """Start nothing more; stop every running job's process, and what it started, at once."""
         with self._lock:
             self._stopping = True
             running = list(self._running.values())
-        for proc in running:
-            proc.kill()
-        for proc in running:
+        stopped = stop_groups([proc.pid for _, proc in running])
+        for spec, proc in running:
+            proc.kill()  # in case it had not made its group yet
             proc.wait()
+            processes = stopped.get(proc.pid, {})
+            processes.pop(proc.pid, None)
+            report_stopped(spec, INTERRUPTED, processes)
+

@@ -13,10 +13,26 @@ moment: a temporary file, then a rename.
 """
 
 import json
+import logging
 import os
 import socket
 from pathlib import Path
 from typing import Any, Dict, Optional
+
+
+def append_to_log(log_file: str, message: str, *, level: int = logging.WARNING) -> None:
+    """Add one line to a job's log file, as Hydra's default job logging writes them.
+
+    For a process other than the job's (the launcher, after the job's process
+    died), or when the job's logging is gone.
+    """
+    record = logging.LogRecord(__package__ or __name__, level, __file__, 0, message, (), None)
+    line = logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s").format(record)
+    try:
+        with open(log_file, "a") as f:
+            f.write(line + "\n")
+    except OSError:  # a log line is a courtesy, never a failure
+        pass
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -47,6 +63,20 @@ class JobFiles:
         except (OSError, ValueError):
             return {}
         return record if isinstance(record, dict) else {}
+
+    def worker_pid(self) -> Optional[int]:
+        """The process the job started in, if on this host (None: it did not start, or elsewhere)."""
+        record = self.started()
+        pid = record.get("pid")
+        if record.get("host") != socket.gethostname() or not isinstance(pid, int):
+            return None
+        return pid
+
+    def warn_in_log(self, message: str) -> None:
+        """Add a warning to the job's own log file, if it started and has one."""
+        log_file = self.started().get("log_file")
+        if isinstance(log_file, str):
+            append_to_log(log_file, message)
 
     # -- timeout: the job's own process was killed for overrunning ---------------------
     def mark_timed_out(self, limit: float) -> None:

@@ -9,28 +9,32 @@ The workers are forked from a server process that has imported joblib and
 Hydra, where the platform has one. A worker that dies breaks the whole pool
 (loky's ``TerminatedWorkerError``): the pool raises :class:`PoolBroken`
 naming the jobs that were in flight, and the supervisor sorts culprit from
-innocents. joblib is imported inside functions only: Hydra imports the plugin
-at every app start.
+innocents. Each worker leads a process group of its own (see ``init_worker``):
+after a worker died, or on an interrupt, the groups of the workers that ran
+jobs are stopped, so that no process a job started outlives it. joblib is
+imported inside functions only: Hydra imports the plugin at every app start.
 """
 
 import atexit
 import dataclasses
 import functools
 import logging
+import queue
 import re
 import shutil
 import tempfile
 import threading
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional, Sequence, Set
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
 
 from ._errors import PoolBroken
 from ._options import LaunchOptions
-from ._outcome import JobOutcome
+from ._outcome import INTERRUPTED, WORKER_DIED, JobOutcome, report_stopped
 from ._plan import JobSpec
 from ._processes import process_setup
 from ._run import init_worker, run_job_spec, warm_worker
 from ._script import script_is_guarded
+from ._tree import stop_groups
 from ._values import pre_dispatch_count
 
 log = logging.getLogger(__name__)
@@ -45,7 +49,8 @@ class LokyPool:
         _fork_workers_from_a_server()
         self._options = options
         self._n_workers = n_workers
-        self._generator: Optional[Any] = None
+        self._drain: Optional[threading.Thread] = None  # joblib's results, drained
+        self._in_flight: Dict[int, JobSpec] = {}  # handed to the workers, not ended
 
     @contextmanager
     def _parallel(self, **overrides: Any) -> Iterator[Any]:
@@ -107,36 +112,102 @@ class LokyPool:
         from joblib.externals.loky.process_executor import BrokenProcessPool
 
         _wait_for_warm_up()
-        dispatched: Set[int] = set()
-        ended: Set[int] = set()
+        in_flight = self._in_flight
+        in_flight.clear()
 
         def tasks() -> Iterator[Any]:
             for spec in specs:
-                dispatched.add(spec.num)
+                in_flight[spec.num] = spec
                 yield delayed(run_job_spec)(dataclasses.replace(spec, process_setup=self._setup))
 
         with self._parallel() as parallel:
-            self._generator = parallel(tasks())
-            try:
-                for outcome in self._generator:
-                    ended.add(outcome.num)
-                    yield outcome
-            except BrokenProcessPool as error:
-                codes = re.search(r"exit codes of the workers are (\{[^}]*\})", str(error))
-                raise PoolBroken(
-                    str(error),
-                    in_flight=frozenset(dispatched - ended),
-                    exit_codes=codes.group(1) if codes else "unknown",
-                ) from None
-            finally:
-                self._generator = None
+            # joblib's results are drained in a thread of their own, so that an
+            # interrupt lands here and stop() stops the workers' groups, SIGTERM
+            # first, naming what each job started. Raised inside joblib's generator,
+            # it made joblib SIGKILL the workers' trees at once, orphans left
+            # (joblib 1.6: Parallel._get_outputs -> LokyBackend.abort_everything).
+            results: "queue.Queue[Any]" = queue.Queue()
+            self._drain = threading.Thread(
+                target=_drain,
+                args=(parallel(tasks()), results),
+                name="hydra-joblib-launcher-results",
+                daemon=True,
+            )
+            self._drain.start()
+            while True:
+                item = results.get()
+                if isinstance(item, JobOutcome):
+                    in_flight.pop(item.num, None)
+                    yield item
+                elif item is _DRAINED:
+                    _last_workers[:] = _worker_pids()
+                    return
+                elif isinstance(item, BrokenProcessPool):
+                    # The dead worker's group holds what its job started; loky kills
+                    # the other workers (and their children) itself.
+                    _stop_workers_of(list(in_flight.values()), [], WORKER_DIED)
+                    codes = re.search(r"exit codes of the workers are (\{[^}]*\})", str(item))
+                    raise PoolBroken(
+                        str(item),
+                        in_flight=frozenset(in_flight),
+                        exit_codes=codes.group(1) if codes else "unknown",
+                    ) from None
+                else:
+                    raise item
 
     def stop(self) -> None:
-        """Kill the workers now (an interrupt): closing joblib's generator aborts its call."""
-        generator, self._generator = self._generator, None
-        if generator is not None:
-            generator.close()
+        """Stop the workers now (an interrupt), with what their jobs started.
+
+        Their process groups get SIGTERM, then SIGKILL after a grace period;
+        joblib's call, its workers gone, ends, and the executor is shut down.
+        """
+        _stop_workers_of(list(self._in_flight.values()), _worker_pids(), INTERRUPTED)
+        drain, self._drain = self._drain, None
+        if drain is not None:
+            drain.join(timeout=DRAIN_WAIT_S)
         shutdown_loky()
+
+
+# How long an interrupted pool waits for joblib's call to end once its workers are gone.
+DRAIN_WAIT_S = 5.0
+
+# Put by _drain when joblib's results are all there.
+_DRAINED = object()
+
+
+def _drain(outputs: Iterator[JobOutcome], results: "queue.Queue[Any]") -> None:
+    """Hand each of joblib's results to ``results``, then _DRAINED or what joblib raised."""
+    try:
+        for outcome in outputs:
+            results.put(outcome)
+    except BaseException as error:  # noqa: BLE001 - the pool's thread raises it
+        results.put(error)
+    else:
+        results.put(_DRAINED)
+
+
+def _worker_pids() -> List[int]:
+    """The processes of joblib's reusable loky executor, if one runs (loky's own table)."""
+    from joblib.externals.loky import reusable_executor
+
+    executor = getattr(reusable_executor, "_executor", None)
+    return list(getattr(executor, "_processes", None) or {})
+
+
+def _stop_workers_of(specs: Iterable[JobSpec], workers: Sequence[int], how: str) -> None:
+    """Stop the process groups of ``workers`` and of the workers ``specs`` started in, at once.
+
+    Each job whose worker's group held more than the worker is told which of its
+    processes were stopped.
+    """
+    started_in = {spec.num: spec.files.worker_pid() for spec in specs}
+    stopped = stop_groups([*workers, *(pid for pid in started_in.values() if pid is not None)])
+    for spec in specs:
+        worker = started_in[spec.num]
+        if worker is not None and worker in stopped:
+            processes = dict(stopped[worker])
+            processes.pop(worker, None)
+            report_stopped(spec, how, processes)
 
 
 # Per process: the warm-up started by setup(), joined by the first batch.
@@ -227,9 +298,21 @@ def _shutdown_loky_at_exit() -> None:
 
 
 def shutdown_loky() -> None:
-    """Stop joblib's reusable loky executor and its workers, if one is running."""
+    """Stop joblib's reusable loky executor and its workers, if one is running.
+
+    Then their process groups: where a worker cannot adopt orphans (no
+    subreaper outside Linux), what a job left behind stays in its worker's group.
+    """
     from joblib.externals.loky import reusable_executor
 
     executor = getattr(reusable_executor, "_executor", None)
+    workers = {*_worker_pids(), *_last_workers}
     if executor is not None:
         executor.shutdown(wait=True, kill_workers=True)
+    stop_groups(sorted(workers))
+    _last_workers.clear()
+
+
+# Per process: loky's workers as the last batch ended. At exit loky's own hook,
+# which runs first, stops them and empties its table; their groups go after.
+_last_workers: List[int] = []

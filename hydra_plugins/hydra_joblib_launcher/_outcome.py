@@ -7,13 +7,14 @@ those failures are made here and nowhere else.
 """
 
 import dataclasses
+import logging
 import pickle
 import signal
 import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig
@@ -26,6 +27,8 @@ from ._errors import (
     WorkerCrashed,
 )
 from ._plan import JobSpec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -311,3 +314,32 @@ def cannot_unpickle(error: ImportError) -> str:
         f"(pip install hydra-joblib-launcher), the app and the modules it imports in the "
         f"workers' Python environment on every worker host, then run again."
     )
+
+
+# How a job ended, as the warning about the processes it left running says it.
+ENDED = "ended"
+TIMED_OUT = "ran past its timeout"
+WORKER_DIED = "lost its worker process"
+INTERRUPTED = "was interrupted"
+STOPPED = "was stopped"
+
+
+def stopped_processes(num: int, how: str, processes: Mapping[int, str]) -> str:
+    """The warning naming the processes a job left running, stopped as it ended ``how``."""
+    shown = ", ".join(f"{pid} ({name})" for pid, name in sorted(processes.items()))
+    text = (
+        f"Job #{num} {how}; stopped the processes it had started and left running "
+        f"(SIGTERM, then SIGKILL): {shown}"
+    )
+    if how == ENDED:
+        text += ". A task should wait for the processes it starts, or stop them, before it returns."
+    return text
+
+
+def report_stopped(spec: JobSpec, how: str, processes: Mapping[int, str]) -> None:
+    """Say in the launcher's log and in the job's own log which of its processes were stopped."""
+    if not processes:
+        return
+    message = stopped_processes(spec.num, how, processes)
+    log.warning(message)
+    spec.files.warn_in_log(message)

@@ -4,8 +4,10 @@
       ├─ settled before it starts? (a cluster re-ran a job that already ended, timed out or died too often)
       ├─ notes that it started (JobFiles): from now on a death of this process is this job's
       ├─ load_context (once per process) ─▶ Hydra's global state
+      ├─ JobTree: what runs below this process before the job (see _tree)
       ├─ time_limit ─▶ compose the job's config ─▶ hydra.core.utils.run_job(task)
       │                                            the task first notes where it runs (JobFiles)
+      ├─ the processes the job started and left running: stopped, named in its log
       └─ JobOutcome: plain data, the JobReturn pickled (its configs apart),
          kept in the job dir (_durable) before it is returned
 
@@ -21,7 +23,7 @@ import socket
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, run_job, setup_globals
@@ -30,19 +32,24 @@ from omegaconf import DictConfig, open_dict
 
 from ._digest import config_view, digest
 from ._durable import forget, keep, recover
-from ._errors import RemoteJobError
+from ._errors import JobTimeout, RemoteJobError
+from ._jobfiles import append_to_log
 from ._limits import time_limit
 from ._outcome import (
+    ENDED,
+    TIMED_OUT,
     JobOutcome,
     describe,
     died_too_often,
     failed_outcome,
     not_sendable,
+    stopped_processes,
     timeout_error,
 )
 from ._pickling import dumps
 from ._plan import JobSpec, SharedContext, load_context
 from ._processes import as_launched, bind_main
+from ._tree import JobTree, become_subreaper, lead_own_group
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +69,12 @@ def run_job_spec(spec: JobSpec, *, long_lived: bool = True) -> JobOutcome:
     setup_globals()
     where_logged: Dict[str, Any] = {}
     config_digest = None
+    become_subreaper()  # what the job's processes leave orphaned stays below this process
+    processes = JobProcesses(spec, where_logged)
+    ret: Optional[JobReturn] = None
     try:
         task_function = _task_of(context, spec)  # the script's errors fail the job
-        with time_limit(spec):
+        with time_limit(spec, before_kill=lambda: processes.stop(TIMED_OUT)):
             config = _sweep_config(context, spec)
             config_digest = digest(config_view(config))  # before run_job adds run-time facts
             ret = run_job(
@@ -77,6 +87,9 @@ def run_job_spec(spec: JobSpec, *, long_lived: bool = True) -> JobOutcome:
     except Exception as error:  # noqa: BLE001 - raised outside the task: config, callbacks
         ret = JobReturn(overrides=list(spec.overrides), status=JobStatus.FAILED)
         ret._return_value = error
+    finally:
+        timed_out = ret is not None and isinstance(ret._return_value, JobTimeout)
+        processes.stop(TIMED_OUT if timed_out else ENDED)
     if spec.max_worker_deaths is not None:
         spec.files.forget_starts()
     outcome = _outcome_of(spec, ret, started=started, where_logged=where_logged)
@@ -122,6 +135,39 @@ def _outcome_of(
 def _type_name(value: Any) -> str:
     cls = type(value)
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class JobProcesses:
+    """The processes a job starts in this process; those it leaves running are stopped and named.
+
+    The job running in this process is :data:`running_job` meanwhile, so that
+    a worker told to stop (a cluster's interrupt) stops them first.
+    """
+
+    def __init__(self, spec: JobSpec, where_logged: Dict[str, Any]) -> None:
+        self.spec = spec
+        self.tree = JobTree()
+        self._where_logged = where_logged
+        running_job[:] = [self]
+
+    def stop(self, how: str) -> None:
+        """Stop what the job left running; say so in the job's log."""
+        stopped = self.tree.stop()  # one caller at a time: a second finds nothing left
+        if stopped:
+            _, log_file = self._where_logged.get("paths") or (None, None)
+            _warn(stopped_processes(self.spec.num, how, stopped), log_file)
+        if running_job and running_job[0] is self:
+            running_job.clear()
+
+
+# Per process: the job running now (at most one: Hydra jobs own their process).
+running_job: List[JobProcesses] = []
+
+
+def stop_running_job(how: str) -> None:
+    """Stop the processes of the job this process runs, if any (before the process is killed)."""
+    for job in list(running_job):
+        job.stop(how)
 
 
 def _settled_before_start(spec: JobSpec, started: float) -> Optional[JobOutcome]:
@@ -206,6 +252,23 @@ def _to_job_log_file(message: str) -> None:
             handler.handle(record)
 
 
+def _warn(message: str, log_file: Optional[str]) -> None:
+    """A warning for the console and the job's log file (``log_file``, when the job logged).
+
+    Another job's log file, still open in a reused worker, is left alone.
+    """
+    record = log.makeRecord(log.name, logging.WARNING, __file__, 0, message, (), None)
+    written = False
+    for handler in logging.getLogger().handlers:
+        if not isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+        elif handler.baseFilename == log_file:
+            handler.handle(record)
+            written = True
+    if not written and log_file is not None:
+        append_to_log(log_file, message)
+
+
 def _sweep_config(context: SharedContext, spec: JobSpec) -> DictConfig:
     config = context.hydra_context.config_loader.load_sweep_config(
         context.config, list(spec.overrides)
@@ -261,8 +324,16 @@ def _pickle_return(ret: JobReturn, spec: JobSpec) -> Tuple[bytes, bytes, JobRetu
 
 
 def init_worker(environ: Dict[str, str]) -> None:
-    """Set a worker's environment variables as it starts (before any job runs)."""
+    """Set a worker's environment variables as it starts (before any job runs).
+
+    The worker leads a process group of its own: the processes its jobs start
+    join it, and the launcher stops the group when the worker dies or is
+    interrupted, orphans included. (It then no longer gets the terminal's
+    Ctrl-C itself: the launcher stops it.)
+    """
     os.environ.update(environ)
+    lead_own_group()
+    become_subreaper()
 
 
 def warm_worker(meeting_dir: str, count: int, wait_s: float = 10.0) -> int:

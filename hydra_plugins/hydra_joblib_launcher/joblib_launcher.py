@@ -275,16 +275,25 @@ def _run(
 
 @contextmanager
 def _interrupts_as_exceptions() -> Iterator[None]:
-    """SIGTERM raises SystemExit(143) while jobs run, so workers are stopped before the launcher goes."""
+    """SIGTERM raises SystemExit(143) while jobs run, so workers are stopped before the launcher goes.
+
+    So does SIGHUP (129), the terminal closing, unless it is ignored (``nohup``):
+    workers lead process groups of their own, which the terminal no longer reaches.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def on_term(signum: int, frame: Any) -> None:
+    def on_signal(signum: int, frame: Any) -> None:
         raise SystemExit(128 + signum)
 
-    previous = signal.signal(signal.SIGTERM, on_term)
+    handled = [signal.SIGTERM]
+    hangup = getattr(signal, "SIGHUP", None)
+    if hangup is not None and signal.getsignal(hangup) is signal.SIG_DFL:
+        handled.append(hangup)
+    previous = {signum: signal.signal(signum, on_signal) for signum in handled}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
