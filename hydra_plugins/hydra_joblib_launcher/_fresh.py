@@ -48,6 +48,10 @@ OWN_GROUP: Dict[str, Any] = (
 )
 
 
+# How often the babysitting thread looks at a job with a time limit.
+WAIT_POLL_S = 0.5
+
+
 class FreshProcessPool:
     """One new process per job, at most ``n_workers`` at a time."""
 
@@ -143,19 +147,27 @@ class FreshProcessPool:
 
     @staticmethod
     def _wait(proc: "subprocess.Popen[bytes]", spec: JobSpec) -> Optional[int]:
-        """The exit status, or None when the job overran its timeout and was killed here."""
-        # Past the job's own hard stop, which first stops the processes the job started.
-        limit: Optional[float] = None
+        """The exit status, or None when the job overran its timeout and was killed here.
+
+        A backstop past the job's own hard stop (which first stops the processes the
+        job started), counted, as the job's own limit is, from its task's start (the
+        job notes it): a slow interpreter start or import does not count against it.
+        """
         if spec.timeout is None:
-            limit = None
-        else:
-            limit = spec.timeout + HARD_STOP_GRACE_S + TERM_GRACE_S + 1
-        try:
-            return proc.wait(timeout=limit)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            return None
+            return proc.wait()
+        allowed = spec.timeout + HARD_STOP_GRACE_S + TERM_GRACE_S + 1
+        while True:
+            try:
+                return proc.wait(timeout=WAIT_POLL_S)
+            except subprocess.TimeoutExpired:
+                pass
+            noted = spec.files.started()
+            task_started = noted.get("started") if "output_dir" in noted else None
+            if isinstance(task_started, (int, float)) and time.time() - task_started > allowed:
+                break
+        proc.kill()
+        proc.wait()
+        return None
 
     def stop(self) -> None:
         """Start nothing more; stop every running job's process, and what it started, at once."""

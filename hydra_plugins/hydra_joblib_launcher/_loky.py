@@ -31,8 +31,8 @@ from ._errors import PoolBroken
 from ._options import LaunchOptions
 from ._outcome import INTERRUPTED, WORKER_DIED, JobOutcome, report_stopped
 from ._plan import JobSpec
-from ._processes import process_setup
-from ._run import init_worker, run_job_spec, warm_worker
+from ._processes import init_worker, process_setup
+from ._run import run_job_spec, warm_worker
 from ._script import script_is_guarded
 from ._tree import stop_groups
 from ._values import pre_dispatch_count
@@ -240,7 +240,8 @@ def warm_up(options: LaunchOptions) -> None:
             # more workers than CPUs, the first jobs need not wait for the last ones.
             pool.warm(ready=min(n_workers, cpus))
 
-    _warming = threading.Thread(target=warm, name="hydra-joblib-launcher-warm-up")
+    # A daemon: an interrupt while Hydra composes the sweep never waits for it.
+    _warming = threading.Thread(target=warm, name="hydra-joblib-launcher-warm-up", daemon=True)
     _warming.start()
 
 

@@ -27,6 +27,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from ._options import LaunchOptions
 from ._script import script_is_guarded
+from ._tree import become_subreaper, lead_own_group
 
 log = logging.getLogger(__name__)
 
@@ -170,3 +171,16 @@ def bind_main(task_function: Any) -> None:
             and getattr(value, "__qualname__", None) == name
         ):
             setattr(main, name, value)
+
+
+def init_worker(environ: Dict[str, str]) -> None:
+    """Set a worker's environment variables as it starts (before any job runs).
+
+    The worker leads a process group of its own: the processes its jobs start
+    join it, and the launcher stops the group when the worker dies or is
+    interrupted, orphans included. (It then no longer gets the terminal's
+    Ctrl-C itself: the launcher stops it.)
+    """
+    os.environ.update(environ)
+    lead_own_group()
+    become_subreaper()

@@ -16,6 +16,7 @@ Only the death of the process itself is left to the supervisor.
 """
 
 import dataclasses
+import functools
 import logging
 import os
 import pickle
@@ -49,7 +50,7 @@ from ._outcome import (
 from ._pickling import dumps
 from ._plan import JobSpec, SharedContext, load_context
 from ._processes import as_launched, bind_main
-from ._tree import JobTree, become_subreaper, lead_own_group
+from ._tree import JobTree, become_subreaper
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +234,8 @@ def _announced(
     ``where_logged`` receives the job's output dir and log file.
     """
 
+    # functools.wraps: Hydra's callbacks (on_job_start) see the user's function by name.
+    @functools.wraps(task_function)
     def task(cfg: DictConfig) -> Any:
         where_logged["paths"] = _note_started(spec)
         where = f"host {socket.gethostname()}, process {os.getpid()}"
@@ -320,20 +323,7 @@ def _pickle_return(ret: JobReturn, spec: JobSpec) -> Tuple[bytes, bytes, JobRetu
         return dumps(head), configs, ret
 
 
-# -- what a long-lived worker runs besides jobs ------------------------------------------
-
-
-def init_worker(environ: Dict[str, str]) -> None:
-    """Set a worker's environment variables as it starts (before any job runs).
-
-    The worker leads a process group of its own: the processes its jobs start
-    join it, and the launcher stops the group when the worker dies or is
-    interrupted, orphans included. (It then no longer gets the terminal's
-    Ctrl-C itself: the launcher stops it.)
-    """
-    os.environ.update(environ)
-    lead_own_group()
-    become_subreaper()
+# -- what a long-lived worker runs besides jobs (see also _processes.init_worker) --------
 
 
 def warm_worker(meeting_dir: str, count: int, wait_s: float = 10.0) -> int:

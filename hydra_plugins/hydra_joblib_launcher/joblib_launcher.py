@@ -262,12 +262,13 @@ def _run(
     from ._report import Reporter
     from ._supervisor import supervise
 
+    # The pools first: an error opening them leaves no reporter thread ticking.
+    pools = open_pools(options, n_workers=n_workers) if specs else None
     reporter = Reporter(
         specs, sweep_dir=sweep_dir, n_workers=n_workers, progress=options.progress, skipped=skipped
     )
     returns: Dict[int, JobReturn] = {}
-    if specs:
-        pools = open_pools(options, n_workers=n_workers)
+    if pools is not None:
         returns = supervise(specs, pools=pools, report=reporter)
     reporter.summary()
     return returns
