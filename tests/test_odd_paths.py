@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-
 from conftest import APPS, jobs, run_app
 
 APP = APPS / "odd" / "callbacks_app.py"
