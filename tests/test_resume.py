@@ -28,7 +28,7 @@ from typing import Any, Dict, List
 import pytest
 from hydra.core.utils import JobReturn, JobStatus
 
-from conftest import APPS, Run, run_app
+from conftest import APPS, Run, run_app, session_processes
 
 BACKENDS = ["loky", "multiprocessing"]
 NAMES = "abcdef"
@@ -320,8 +320,13 @@ def test_resume_after_the_launcher_was_killed_runs_no_completed_job_again(
             time.sleep(0.1)
         assert completed_in_manifest(sweep_dir) == 2, "the sweep did not get going"
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its workers, at once
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher (its workers lead groups of their own)
         proc.wait()
+    # The workers end with the launcher, the jobs they ran (c, d) unfinished.
+    deadline = time.monotonic() + 10
+    while session_processes(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert session_processes(proc.pid) == [], "workers outlived their launcher"
     # The launcher died before it recorded b whole: its line is cut short, its outcome is
     # only in its job dir.
     first, second = (sweep_dir / "jobs.jsonl").read_text().splitlines()[:2]

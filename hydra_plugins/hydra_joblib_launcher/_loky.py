@@ -19,6 +19,7 @@ import atexit
 import dataclasses
 import functools
 import logging
+import os
 import queue
 import re
 import shutil
@@ -86,7 +87,7 @@ class LokyPool:
             initializer=init_worker,
             # loky sets these only in workers of its own start method; forked from the
             # fork server, a worker sets them itself before its first job's imports.
-            initargs=(dict(self._setup.environ),),
+            initargs=(dict(self._setup.environ), os.getpid()),
         ):
             yield Parallel(**{**settings, **overrides})
 

@@ -20,7 +20,10 @@ job starts:
 import functools
 import logging
 import os
+import signal
 import sys
+import threading
+import time
 import types
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
@@ -173,14 +176,52 @@ def bind_main(task_function: Any) -> None:
             setattr(main, name, value)
 
 
-def init_worker(environ: Dict[str, str]) -> None:
+def init_worker(environ: Dict[str, str], launcher_pid: int) -> None:
     """Set a worker's environment variables as it starts (before any job runs).
 
     The worker leads a process group of its own: the processes its jobs start
     join it, and the launcher stops the group when the worker dies or is
     interrupted, orphans included. (It then no longer gets the terminal's
-    Ctrl-C itself: the launcher stops it.)
+    Ctrl-C itself: the launcher stops it.) It ends with the launching process.
     """
     os.environ.update(environ)
     lead_own_group()
     become_subreaper()
+    follow_launcher(launcher_pid)
+
+
+# How often a worker looks whether the process that launched it is still there.
+LAUNCHER_POLL_S = 0.5
+
+
+def follow_launcher(launcher_pid: int) -> None:
+    """End this worker, with its job's processes, when the launching process is gone.
+
+    A launcher killed outright (SIGKILL, the out-of-memory killer) cannot stop its
+    workers: loky's are children of the fork server, and a job would run on,
+    orphaned, and could then be run again by a resume. A worker that leads its
+    own group takes the group (its job's processes) with it.
+    """
+
+    def watch() -> None:
+        while _alive(launcher_pid):
+            time.sleep(LAUNCHER_POLL_S)
+        if os.getpgid(0) == os.getpid():
+            os.killpg(0, signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="hydra-joblib-launcher-follow", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed launcher whose parent has not reaped it yet is a zombie: gone
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
