@@ -30,7 +30,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
 
 from ._errors import PoolBroken
 from ._options import LaunchOptions
-from ._outcome import INTERRUPTED, WORKER_DIED, JobOutcome, report_stopped
+from ._outcome import INTERRUPTED, WORKER_DIED, JobOutcome, describe_exit, report_stopped
 from ._plan import JobSpec
 from ._processes import init_worker, process_setup
 from ._run import run_job_spec, warm_worker
@@ -147,11 +147,8 @@ class LokyPool:
                     # The dead worker's group holds what its job started; loky kills
                     # the other workers (and their children) itself.
                     _stop_workers_of(list(in_flight.values()), [], WORKER_DIED)
-                    codes = re.search(r"exit codes of the workers are (\{[^}]*\})", str(item))
                     raise PoolBroken(
-                        str(item),
-                        in_flight=frozenset(in_flight),
-                        exit_codes=codes.group(1) if codes else "unknown",
+                        str(item), in_flight=frozenset(in_flight), exit_codes=_exit_codes(item)
                     ) from None
                 else:
                     raise item
@@ -209,6 +206,17 @@ def _stop_workers_of(specs: Iterable[JobSpec], workers: Sequence[int], how: str)
             processes = dict(stopped[worker])
             processes.pop(worker, None)
             report_stopped(spec, how, processes)
+
+
+def _exit_codes(broken: BaseException) -> str:
+    """The dead workers' exit codes in loky's message, in words when there is one code."""
+    found = re.search(r"exit codes of the workers are (\{[^}]*\})", str(broken))
+    if found is None:
+        return "(exit codes unknown)"
+    codes = {int(code) for code in re.findall(r"\((-?\d+)\)", found.group(1))}
+    if len(codes) != 1:
+        return found.group(1)
+    return f"({found.group(1)}: {describe_exit(codes.pop())})"
 
 
 # Per process: the warm-up started by setup(), joined by the first batch.
