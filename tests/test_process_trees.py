@@ -65,6 +65,13 @@ def statuses(sweep_dir: Path) -> Dict[int, str]:
     return {job["num"]: job["status"] for job in jobs(sweep_dir)}
 
 
+def blocks_hangup(pid: int) -> bool:
+    """Whether the process ``pid`` has SIGHUP blocked (its SigBlk mask in /proc)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    blocked = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigBlk:")), 16)
+    return bool(blocked & (1 << (signal.SIGHUP - 1)))
+
+
 def assert_stopped_in_log(sweep_dir: Path, num: int, pid: int) -> None:
     log = (sweep_dir / str(num) / LOG).read_text()
     lines = [line for line in log.splitlines() if "WARNING" in line and str(pid) in line]
@@ -215,6 +222,7 @@ def test_an_interrupt_stops_the_children_of_running_jobs(
             time.sleep(0.1)
         children = [int(path.read_text()) for path in pid_dir.glob("*.pid")]
         assert len(children) == 2, "the jobs did not get going"
+        assert [blocks_hangup(pid) for pid in children] == [False, False], "as under `python app.py`"
         sent = time.monotonic()
         if signum == signal.SIGTERM:
             os.kill(proc.pid, signum)  # `kill PID` reaches the launcher alone
@@ -232,6 +240,7 @@ def test_an_interrupt_stops_the_children_of_running_jobs(
     assert gone(children) == [], f"children of interrupted jobs outlived the launcher\n{output}"
     assert gone(session_processes(proc.pid)) == [], "processes of the sweep outlived it"
     assert "Interrupted: 0 jobs completed, 0 failed, 4 stopped or never ran" in output
+    assert "resource_tracker" not in output, "multiprocessing's helpers died with the launcher's group"
     started = [num for num in range(4) if (sweep_dir / str(num) / "child.pid").exists()]
     assert len(started) == 2, started
     for num in started:

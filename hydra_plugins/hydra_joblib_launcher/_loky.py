@@ -32,7 +32,7 @@ from ._errors import PoolBroken
 from ._options import LaunchOptions
 from ._outcome import INTERRUPTED, WORKER_DIED, JobOutcome, describe_exit, report_stopped
 from ._plan import JobSpec
-from ._processes import init_worker, process_setup
+from ._processes import hangup_blocked, init_worker, process_setup
 from ._run import run_job_spec, warm_worker
 from ._script import script_is_guarded
 from ._tree import stop_groups
@@ -128,9 +128,11 @@ class LokyPool:
             # it made joblib SIGKILL the workers' trees at once, orphans left
             # (joblib 1.6: Parallel._get_outputs -> LokyBackend.abort_everything).
             results: "queue.Queue[Any]" = queue.Queue()
+            with hangup_blocked():  # for the workers and helpers joblib starts here
+                outputs = parallel(tasks())
             self._drain = threading.Thread(
                 target=_drain,
-                args=(parallel(tasks()), results),
+                args=(outputs, results),
                 name="hydra-joblib-launcher-results",
                 daemon=True,
             )
@@ -176,8 +178,9 @@ _DRAINED = object()
 def _drain(outputs: Iterator[JobOutcome], results: "queue.Queue[Any]") -> None:
     """Hand each of joblib's results to ``results``, then _DRAINED or what joblib raised."""
     try:
-        for outcome in outputs:
-            results.put(outcome)
+        with hangup_blocked():
+            for outcome in outputs:
+                results.put(outcome)
     except BaseException as error:  # noqa: BLE001 - the pool's thread raises it
         results.put(error)
     else:
@@ -247,7 +250,8 @@ def warm_up(options: LaunchOptions) -> None:
         if threading.main_thread().is_alive():  # else the app is exiting: start nothing
             # loky starts all the workers; wait for as many as can start at once. With
             # more workers than CPUs, the first jobs need not wait for the last ones.
-            pool.warm(ready=min(n_workers, cpus))
+            with hangup_blocked():
+                pool.warm(ready=min(n_workers, cpus))
 
     # A daemon: an interrupt while Hydra composes the sweep never waits for it.
     _warming = threading.Thread(target=warm, name="hydra-joblib-launcher-warm-up", daemon=True)

@@ -17,6 +17,7 @@ job starts:
     the script's classes sent by value      ─▶ bound under their names in __main__
 """
 
+import contextlib
 import functools
 import logging
 import os
@@ -26,7 +27,7 @@ import threading
 import time
 import types
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 from ._options import LaunchOptions
 from ._script import script_is_guarded
@@ -185,9 +186,35 @@ def init_worker(environ: Dict[str, str], launcher_pid: int) -> None:
     Ctrl-C itself: the launcher stops it.) It ends with the launching process.
     """
     os.environ.update(environ)
+    if hasattr(signal, "SIGHUP"):  # blocked where the pool started it (see hangup_blocked)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     lead_own_group()
     become_subreaper()
     follow_launcher(launcher_pid)
+
+
+@contextlib.contextmanager
+def hangup_blocked() -> Iterator[None]:
+    """The processes started in this thread meanwhile do not die of the terminal's SIGHUP.
+
+    A closed terminal sends SIGHUP to the launcher's whole process group, where
+    multiprocessing's fork server and the resource trackers run too: they ignore
+    Ctrl-C (SIGINT) but die of SIGHUP, and with the fork server gone loky takes
+    every worker for dead and kills their trees before the launcher can stop and
+    name what each job left running. A blocked signal is inherited by the
+    processes (and threads) started meanwhile; the launching process, whose other
+    threads do not block it, still gets it. Workers unblock it as they start.
+    """
+    hangup = getattr(signal, "SIGHUP", None)
+    if hangup is None:
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {hangup})
+    try:
+        yield
+    finally:
+        if hangup not in previous:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {hangup})
 
 
 # How often a worker looks whether the process that launched it is still there.
