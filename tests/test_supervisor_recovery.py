@@ -377,7 +377,10 @@ def test_a_failed_job_whose_error_cannot_be_unpickled_keeps_its_error_in_words(
     error = returns[1]._return_value
     assert returns[1].status == JobStatus.FAILED
     assert "UnloadableError: bad input" in str(error)
-    assert "RuntimeError: refuses to be unpickled" in str(error)
+    if "__getstate__" not in vars(JobReturn):
+        # Hydra 1.3's JobReturn pickles the exception as it is: the launcher says why it
+        # could not load it. Hydra 1.4's keeps an error in words itself when it cannot.
+        assert "RuntimeError: refuses to be unpickled" in str(error)
     assert "completed" not in str(error)
     failed = [o for o in report.ended if o.num == 1]
     assert [(o.error_type, o.error) for o in failed] == [("UnloadableError", "bad input")]

@@ -5,6 +5,7 @@
 
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra_compat import MAIN_KWARGS
 from omegaconf import DictConfig
+
+# Hydra 1.4 warns at every callback it instantiates from the config (no execution whitelist
+# can be given for callbacks); the apps run with -Werror, as Hydra's test helpers run them.
+warnings.filterwarnings("ignore", message=r"hydra\.utils\.instantiate\(\) resolved _target_=", category=UserWarning)
 
 if os.environ.get("SLOW_IMPORT_S") and __name__ != "__main__":
     time.sleep(float(os.environ["SLOW_IMPORT_S"]))  # where a job imports the script again
