@@ -205,12 +205,16 @@ def test_numpys_blas_loaded_at_the_scripts_top_is_limited_to_the_jobs_share(
         assert job["threadpoolctl"].get("openblas") == limit, job
 
 
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
 @pytest.mark.parametrize("pool", list(POOLS))
-def test_a_start_method_the_script_sets_holds_in_every_job(pool: str, tmp_path: Path) -> None:
-    env = {"START_METHOD": "spawn"}
-    assert plain_run("mp_pool.py", tmp_path, env=env)["start_method"] == "spawn"
+def test_a_start_method_the_script_sets_holds_in_every_job(
+    pool: str, method: str, tmp_path: Path
+) -> None:
+    """forkserver: a job's pool starts a fork server of its own, as in a plain run."""
+    env = {"START_METHOD": method}
+    assert plain_run("mp_pool.py", tmp_path, env=env)["start_method"] == method
     result = sweep("mp_pool.py", pool, tmp_path / "sweep", env=env, timeout=60)
     assert_every_job_started(result)
-    assert [job["start_method"] for job in result[1]] == ["spawn"] * JOBS
+    assert [job["start_method"] for job in result[1]] == [method] * JOBS
     assert_every_job_completed(result)  # the Pool's spawned processes found the function
     assert [job["sum"] for job in result[1]] == [SQUARES_10] * JOBS

@@ -26,7 +26,7 @@ import shutil
 import tempfile
 import threading
 from contextlib import contextmanager
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 
 from ._errors import PoolBroken
 from ._options import LaunchOptions
@@ -36,6 +36,7 @@ from ._processes import hangup_blocked, init_worker, process_setup
 from ._run import run_job_spec, warm_worker
 from ._script import script_is_guarded
 from ._tree import stop_groups
+from ._zygote import runs_as_script, start_fork_server
 from ._values import pre_dispatch_count
 
 log = logging.getLogger(__name__)
@@ -226,7 +227,7 @@ def _exit_codes(broken: BaseException) -> str:
 _warming: Optional[threading.Thread] = None
 
 
-def warm_up(options: LaunchOptions) -> None:
+def warm_up(options: LaunchOptions, task_function: Callable[..., object]) -> None:
     """Start the loky workers in the background, with the settings the batches will use.
 
     Called from the launcher's ``setup()``: Hydra then composes every job's
@@ -245,6 +246,8 @@ def warm_up(options: LaunchOptions) -> None:
     cpus = cpu_count()
     n_workers = options.workers(cpus)
     pool = LokyPool(options, n_workers)
+    if _forks_from_a_server() and runs_as_script(task_function):
+        start_fork_server()  # forked from this process, with the app's imports loaded
 
     def warm() -> None:
         if threading.main_thread().is_alive():  # else the app is exiting: start nothing
@@ -302,6 +305,12 @@ def _fork_workers_from_a_server() -> None:
         return
     multiprocessing.get_context("forkserver").set_forkserver_preload(list(FORKSERVER_PRELOAD))
     set_start_method("forkserver")
+
+
+def _forks_from_a_server() -> bool:
+    from joblib.externals.loky.backend.context import get_start_method
+
+    return get_start_method() == "forkserver"
 
 
 @functools.lru_cache(maxsize=None)

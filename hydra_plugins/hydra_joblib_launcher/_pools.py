@@ -41,13 +41,13 @@ class Pools:
     quarantine: Callable[[], Pool]
 
 
-def warm_up(options: LaunchOptions) -> None:
+def warm_up(options: LaunchOptions, task_function: Callable[..., object]) -> None:
     """Start the workers while Hydra composes the sweep, where the backend keeps workers.
 
     Other backends start their processes per job or live on a cluster: nothing to warm.
     """
     if options.backend == "loky" and options.devices is None:
-        warm_up_loky(options)
+        warm_up_loky(options, task_function)
 
 
 def jobs_at_once(options: LaunchOptions, cpu_count: int) -> Tuple[int, str]:

@@ -57,3 +57,10 @@ def release_all() -> None:
     for fd in _held.values():
         os.close(fd)  # closing the only descriptor releases its lock
     _held.clear()
+
+
+def forget_held() -> None:
+    """In a child forked from the holder: close its copies, so that the holder alone holds the locks."""
+    for fd in _held.values():
+        os.close(fd)  # the holder's own descriptor keeps the lock; only a close there releases it
+    _held.clear()

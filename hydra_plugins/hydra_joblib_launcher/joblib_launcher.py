@@ -62,7 +62,7 @@ class JoblibLauncher(Launcher):
         self.task_function = task_function
         _hold_sweep_dir(config)
         # The workers start now, while Hydra composes the sweep's jobs.
-        warm_up(self.options)
+        warm_up(self.options, task_function)
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
