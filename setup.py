@@ -49,7 +49,8 @@ setup(
             "optuna>=4.9",
         ],
         # backend=dask: joblib's dask backend on a distributed.Client
-        "dask": ["dask[distributed]>=2023.1"],
+        # (cryptography: the embedded cluster's TLS credentials, made for each launch)
+        "dask": ["dask[distributed]>=2023.1", "cryptography"],
         # backend=ray: joblib's ray backend (ray.util.joblib); [default] brings `ray start` and Ray Client
         "ray": ["ray[default]>=2.9"],
     },

@@ -472,7 +472,7 @@ def test_embedded_local_cluster_is_started_once_and_shut_down(tmp_path: Path) ->
     assert run.returncode == 0, run.output
     lines = [line for line in run.output.splitlines() if "is launching" in line]
     assert len(lines) == 2, run.output
-    assert "on embedded Dask LocalCluster tcp://127.0.0.1:" in lines[0]
+    assert "on embedded Dask LocalCluster tls://127.0.0.1:" in lines[0]
     assert "(2 worker processes, 2 jobs at once)" in lines[0]
     assert lines[0].split(" on ", 1)[1] == lines[1].split(" on ", 1)[1], (
         "one cluster for both batches"

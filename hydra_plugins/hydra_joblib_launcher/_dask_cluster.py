@@ -94,8 +94,12 @@ def _start_local_cluster(options: LaunchOptions, n_workers: int) -> DaskConnecti
             host="127.0.0.1",
             dashboard_address=dashboard,
             scheduler_kwargs=http,
+            # TLS with credentials made for this launch (Security.temporary): only
+            # this process and the cluster's workers hold them, so no other local
+            # user can connect to the scheduler or a worker and run code as ours.
+            security=True,
         )
-    client = distributed.Client(local, set_as_default=False)
+    client = distributed.Client(local, security=local.security, set_as_default=False)
     cluster = Cluster("dask", local.scheduler_address, n_workers, n_workers, True)
     return DaskConnection(client, local, cluster)
 
