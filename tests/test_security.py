@@ -1,8 +1,10 @@
-"""Let no one else in: the embedded Dask cluster answers only to the launch that started it.
+"""Let no one else in: the embedded Dask cluster answers only to the launch that started it,
+and the launcher unpickles only what its user wrote.
 
 Real processes on loopback, as the tests' user: a sweep on the embedded LocalCluster
 whose jobs wait on a gate file; while they wait, a plain ``distributed.Client`` (and a
-bare Dask RPC to each worker) without the launch's credentials tries to connect.
+bare Dask RPC to each worker) without the launch's credentials tries to connect. Then
+real sweeps and resumes whose kept files are opened to others.
 """
 
 import asyncio
@@ -16,7 +18,7 @@ from typing import List
 import pytest
 from conftest import APPS, app_env, jobs
 
-pytestmark = [pytest.mark.dask, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]
 
 PACED = APPS / "paced.py"
 
@@ -51,6 +53,7 @@ def refused(address: str) -> bool:
     return False
 
 
+@pytest.mark.dask
 def test_the_embedded_cluster_refuses_a_client_without_the_launchs_credentials(
     tmp_path: Path,
 ) -> None:
@@ -117,3 +120,73 @@ def test_the_embedded_cluster_refuses_a_client_without_the_launchs_credentials(
             proc.wait()
     assert proc.returncode == 0, "".join(seen) + output
     assert [job["status"] for job in jobs(sweep_dir)] == ["COMPLETED", "COMPLETED"]
+
+
+# -- no pickle from a stranger ------------------------------------------------------------
+
+
+def paced_sweep(tmp_path: Path, *extra: str) -> "subprocess.CompletedProcess[str]":
+    return subprocess.run(
+        [
+            sys.executable,
+            "-Werror",
+            str(PACED),
+            "-m",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            "+name=a,b,c",
+            f"+count_dir={tmp_path}",
+            *extra,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=app_env(),
+    )
+
+
+def runs_of(tmp_path: Path, name: str) -> int:
+    return len((tmp_path / f"{name}.runs").read_text().splitlines())
+
+
+def test_what_a_job_keeps_to_be_unpickled_is_its_owners_alone(tmp_path: Path) -> None:
+    run = paced_sweep(tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    for num in range(3):
+        for kept in ("job_return.pkl", "job_outcome.json"):
+            mode = (tmp_path / "sweep" / str(num) / ".hydra" / kept).stat().st_mode & 0o777
+            assert mode == 0o600, (num, kept, oct(mode))
+
+
+def test_resume_runs_again_a_job_whose_stored_result_others_could_write(tmp_path: Path) -> None:
+    first = paced_sweep(tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    stored = tmp_path / "sweep" / "1" / ".hydra" / "job_return.pkl"
+    stored.chmod(0o660)  # chmod g+w: anyone in the group could have put code in it
+    again = paced_sweep(tmp_path, "hydra.launcher.resume=true")
+    output = again.stdout + again.stderr
+    assert again.returncode == 0, output
+    assert [runs_of(tmp_path, name) for name in "abc"] == [1, 2, 1]
+    warning = [line for line in output.splitlines() if "#1 :" in line and "running it again" in line]
+    assert warning, output
+    assert "its group or others can write it (mode 660)" in warning[0]
+    latest = {job["num"]: job["status"] for job in jobs(tmp_path / "sweep")}
+    assert latest == {0: "COMPLETED", 1: "COMPLETED", 2: "COMPLETED"}
+
+
+def test_a_context_file_of_another_user_is_refused(tmp_path: Path) -> None:
+    import os
+
+    from hydra_plugins.hydra_joblib_launcher._errors import UntrustedFile
+    from hydra_plugins.hydra_joblib_launcher._plan import load_context
+
+    if os.geteuid() != 0:
+        pytest.skip("making a file of another user takes root (os.chown)")
+    context = tmp_path / "context-0.pkl"
+    context.write_bytes(b"not even a pickle")
+    context.chmod(0o600)
+    os.chown(context, 65534, 65534)  # nobody's
+    with pytest.raises(UntrustedFile, match=r"Refusing to unpickle .*context-0\.pkl: it is owned by user id 65534, not by you \(0\)"):
+        load_context(str(context), long_lived=False)

@@ -25,7 +25,8 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 
 from hydra.core.utils import JobReturn
 
-from ._jobfiles import write_atomically
+from ._errors import UntrustedFile
+from ._jobfiles import read_trusted, write_atomically
 from ._outcome import JobOutcome
 from ._plan import JobSpec
 
@@ -91,7 +92,9 @@ def recover(spec: JobSpec) -> Optional[JobOutcome]:
         record = read_record(record_file(output_dir))
         if record is not None and _is_of(record, spec):
             try:
-                return outcome_of(record, return_file(output_dir).read_bytes())
+                return outcome_of(record, read_trusted(return_file(output_dir)))
+            except UntrustedFile as error:
+                log.warning(f"Job #{spec.num} is run again: {error}")
             except OSError:
                 pass
     payload = spec.files.take_outcome()
@@ -164,8 +167,7 @@ def _record_files(sweep_dir: Path) -> Iterator[Path]:
 
 def read_return(path: str) -> JobReturn:
     """A kept JobReturn, read back (with the classes of its value, which must be importable)."""
-    with open(path, "rb") as f:
-        ret = pickle.load(f)
+    ret = pickle.loads(read_trusted(Path(path)))
     if not isinstance(ret, JobReturn):
         raise TypeError(f"{path} holds a {type(ret).__name__}, not a JobReturn")
     return ret

@@ -20,6 +20,10 @@ class LauncherConfigError(LauncherError):
     """A ``hydra.launcher`` setting that cannot be used."""
 
 
+class UntrustedFile(LauncherError, PermissionError):
+    """A file the launcher would unpickle that someone else owns or can write."""
+
+
 class JobFailure(Exception):
     """Base of the errors a FAILED job carries when its task did not raise one itself."""
 

@@ -9,7 +9,9 @@
 
 Workers write them, the launcher reads them (after a crash, a timeout, a
 fresh process's exit). Every write is atomic where a reader may look at any
-moment: a temporary file, then a rename.
+moment: a temporary file, then a rename. Every file is written for its owner
+alone (mode 0600), and a file to unpickle is read only if it is the reader's
+own and no one else can write it (:func:`read_trusted`): unpickling runs code.
 """
 
 import json
@@ -18,6 +20,8 @@ import os
 import socket
 from pathlib import Path
 from typing import Any, Dict, Optional
+
+from ._errors import UntrustedFile
 
 
 def append_to_log(log_file: str, message: str, *, level: int = logging.WARNING) -> None:
@@ -36,10 +40,37 @@ def append_to_log(log_file: str, message: str, *, level: int = logging.WARNING) 
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a reader sees the whole file or none."""
+    """Write ``data`` to ``path`` for its owner alone, so that a reader sees the whole file or none."""
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    partial.write_bytes(data)
+    partial.unlink(missing_ok=True)  # a leftover of a process with this pid
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with open(fd, "wb") as f:
+        f.write(data)
     os.replace(partial, path)
+
+
+def read_trusted(path: Path) -> bytes:
+    """The content of ``path``, a file to unpickle: only if this user owns it and no one else can write it."""
+    with open(path, "rb") as f:
+        why = _untrusted(os.fstat(f.fileno()))
+        if why:
+            raise UntrustedFile(
+                f"Refusing to unpickle {path}: {why}. This launcher unpickles only files "
+                "that you own and that no one else can write, since unpickling runs code. "
+                "If you did not change it, someone else may have: look at who wrote it. If "
+                "the sweep dir is shared on purpose, see the README's Security section."
+            )
+        return f.read()
+
+
+def _untrusted(stat: os.stat_result) -> Optional[str]:
+    if not hasattr(os, "geteuid"):
+        return None  # no owners to compare here (Windows)
+    if stat.st_uid != os.geteuid():
+        return f"it is owned by user id {stat.st_uid}, not by you ({os.geteuid()})"
+    if stat.st_mode & 0o022:
+        return f"its group or others can write it (mode {stat.st_mode & 0o777:o})"
+    return None
 
 
 class JobFiles:
@@ -108,7 +139,7 @@ class JobFiles:
         """The pickled outcome the job's process wrote, removed from disk; None if it wrote none."""
         path = self._path("outcome")
         try:
-            payload = path.read_bytes()
+            payload = read_trusted(path)
         except FileNotFoundError:
             return None
         path.unlink()

@@ -12,6 +12,7 @@ launch into a file and read once per worker process, not sent with every job.
 
 import gc
 import hashlib
+import io
 import pickle
 import sys
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from hydra.core.singleton import Singleton
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
-from ._jobfiles import JobFiles, write_atomically
+from ._jobfiles import JobFiles, read_trusted, write_atomically
 from ._options import LaunchOptions
 from ._pickling import TaskByReference, dumps, task_reference
 from ._processes import ProcessSetup, users_main
@@ -148,7 +149,7 @@ def load_context(path: str, *, long_lived: bool) -> SharedContext:
     if long_lived and _loaded:
         gc.unfreeze()  # what the previous context froze (and what was frozen with it)
     _loaded.clear()  # keep only the newest context
-    with open(path, "rb") as f:
+    with io.BytesIO(read_trusted(Path(path))) as f:
         sys_path = pickle.load(f)
         sys.path.extend(p for p in sys_path if p not in sys.path)
         context = pickle.load(f)
