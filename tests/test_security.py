@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import List
 
 import pytest
-from conftest import APPS, app_env, jobs
+from conftest import APPS, Run, app_env, jobs, run_app
 
 pytestmark = [pytest.mark.slow]
 
@@ -125,12 +125,10 @@ def test_the_embedded_cluster_refuses_a_client_without_the_launchs_credentials(
 # -- no pickle from a stranger ------------------------------------------------------------
 
 
-def paced_sweep(tmp_path: Path, *extra: str) -> "subprocess.CompletedProcess[str]":
-    return subprocess.run(
+def paced_sweep(tmp_path: Path, *extra: str) -> Run:
+    return run_app(
+        PACED,
         [
-            sys.executable,
-            "-Werror",
-            str(PACED),
             "-m",
             "hydra/launcher=joblib",
             "hydra.launcher.n_jobs=2",
@@ -140,10 +138,6 @@ def paced_sweep(tmp_path: Path, *extra: str) -> "subprocess.CompletedProcess[str
             *extra,
         ],
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=app_env(),
     )
 
 
@@ -153,7 +147,7 @@ def runs_of(tmp_path: Path, name: str) -> int:
 
 def test_what_a_job_keeps_to_be_unpickled_is_its_owners_alone(tmp_path: Path) -> None:
     run = paced_sweep(tmp_path)
-    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.returncode == 0, run.output
     for num in range(3):
         for kept in ("job_return.pkl", "job_outcome.json"):
             mode = (tmp_path / "sweep" / str(num) / ".hydra" / kept).stat().st_mode & 0o777
@@ -162,11 +156,11 @@ def test_what_a_job_keeps_to_be_unpickled_is_its_owners_alone(tmp_path: Path) ->
 
 def test_resume_runs_again_a_job_whose_stored_result_others_could_write(tmp_path: Path) -> None:
     first = paced_sweep(tmp_path)
-    assert first.returncode == 0, first.stdout + first.stderr
+    assert first.returncode == 0, first.output
     stored = tmp_path / "sweep" / "1" / ".hydra" / "job_return.pkl"
     stored.chmod(0o660)  # chmod g+w: anyone in the group could have put code in it
     again = paced_sweep(tmp_path, "hydra.launcher.resume=true")
-    output = again.stdout + again.stderr
+    output = again.output
     assert again.returncode == 0, output
     assert [runs_of(tmp_path, name) for name in "abc"] == [1, 2, 1]
     warning = [line for line in output.splitlines() if "#1 :" in line and "running it again" in line]
@@ -188,5 +182,6 @@ def test_a_context_file_of_another_user_is_refused(tmp_path: Path) -> None:
     context.write_bytes(b"not even a pickle")
     context.chmod(0o600)
     os.chown(context, 65534, 65534)  # nobody's
-    with pytest.raises(UntrustedFile, match=r"Refusing to unpickle .*context-0\.pkl: it is owned by user id 65534, not by you \(0\)"):
+    refusal = r"Refusing to unpickle .*context-0\.pkl: it is owned by user id 65534, not by you \(0\)"
+    with pytest.raises(UntrustedFile, match=refusal):
         load_context(str(context), long_lived=False)

@@ -36,8 +36,8 @@ from ._processes import hangup_blocked, init_worker, process_setup
 from ._run import run_job_spec, warm_worker
 from ._script import script_is_guarded
 from ._tree import stop_groups
-from ._zygote import runs_as_script, start_fork_server
 from ._values import pre_dispatch_count
+from ._zygote import runs_as_script, start_fork_server
 
 log = logging.getLogger(__name__)
 
