@@ -185,3 +185,77 @@ def test_a_context_file_of_another_user_is_refused(tmp_path: Path) -> None:
     refusal = r"Refusing to unpickle .*context-0\.pkl: it is owned by user id 65534, not by you \(0\)"
     with pytest.raises(UntrustedFile, match=refusal):
         load_context(str(context), long_lived=False)
+
+
+@pytest.mark.ray
+def test_local_ray_refuses_a_driver_without_its_token(tmp_path: Path) -> None:
+    """Ray started by the launcher keeps Ray's token authentication (on by default from 2.59);
+    HOME is the test's, so the token is made there, and the outsider's HOME has none."""
+    import importlib.util
+    import shutil
+    import tempfile
+
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("needs the [ray] extra")
+    import ray
+
+    if tuple(int(part) for part in ray.__version__.split(".")[:2]) < (2, 59):
+        pytest.skip(f"Ray {ray.__version__} starts a local Ray without authentication (2.59 on)")
+    gate = tmp_path / "gate"
+    gate.write_text("closed")
+    sweep_dir = tmp_path / "sweep"
+    home, outsider = tmp_path / "home", tmp_path / "outsider"
+    home.mkdir()
+    outsider.mkdir()
+    env = {k: v for k, v in app_env().items() if not k.startswith("RAY_AUTH")}
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths must stay short
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-Werror",
+            str(PACED),
+            "-m",
+            "hydra/launcher=joblib",
+            "hydra.launcher.backend=ray",
+            "hydra.launcher.n_jobs=2",
+            f"+hydra.launcher.ray.init._temp_dir={temp_dir}",
+            f"hydra.sweep.dir={sweep_dir}",
+            "+name=a,b",
+            f"+gate={gate}",
+            "+gated=[a,b]",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**env, "HOME": str(home)},
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if "is launching" in line:
+                break
+        found = re.search(r"on local Ray (\S+) \(", "".join(seen))
+        assert found, "".join(seen)
+        driver = f"import ray; ray.init(address={found.group(1)!r}); print('CONNECTED')"
+        for who in ({"HOME": str(outsider)}, {"HOME": str(outsider), "RAY_AUTH_TOKEN": "0" * 64}):
+            attempt = subprocess.run(
+                [sys.executable, "-c", driver],
+                env={**env, "RAY_AUTH_MODE": "token", **who},
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert attempt.returncode != 0 and "CONNECTED" not in attempt.stdout, who
+        gate.unlink()
+        output, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert proc.returncode == 0, "".join(seen) + output
+    assert [job["status"] for job in jobs(sweep_dir)] == ["COMPLETED", "COMPLETED"]
