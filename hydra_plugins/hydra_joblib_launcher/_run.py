@@ -89,14 +89,16 @@ def run_job_spec(spec: JobSpec, *, long_lived: bool = True) -> JobOutcome:
         ret = JobReturn(overrides=list(spec.overrides), status=JobStatus.FAILED)
         ret._return_value = error
     except (KeyboardInterrupt, SystemExit) as error:
-        # Raised by the task (sys.exit(), a KeyboardInterrupt of its own): it fails
-        # this job alone, as any error; the sweeper re-raises it as under the basic
-        # launcher. Hydra 1.4 has run the job's end callbacks and hangs the JobReturn
-        # on the exception, which then cannot be pickled: a fresh one, same type and
-        # arguments, goes back.
+        # The task's sys.exit() or KeyboardInterrupt fails this job alone; the sweeper
+        # re-raises it. Hydra 1.4 ran the end callbacks and hung the JobReturn on the
+        # exception, which then cannot be pickled: a fresh one goes back.
+        shown = f"{type(error).__name__}({', '.join(map(repr, error.args))})"
         ret = JobReturn(overrides=list(spec.overrides), status=JobStatus.FAILED)
-        ret._return_value = type(error)(*error.args)
-        _to_job_log_file(f"Job #{spec.num} failed: {type(error).__name__}{error.args or ''}")
+        try:
+            ret._return_value = type(error)(*error.args)
+        except Exception:  # noqa: BLE001 - a subclass that takes other arguments
+            ret._return_value = RemoteJobError(shown)
+        _to_job_log_file(f"Job #{spec.num} failed: {shown}")
     finally:
         timed_out = ret is not None and isinstance(ret._return_value, JobTimeout)
         processes.stop(TIMED_OUT if timed_out else ENDED)

@@ -1,6 +1,6 @@
 """multiprocessing's fork server, forked from the launching process instead of started anew.
 
-    setup() ─▶ LokyPool ─▶ start_fork_server(): os.fork() ─▶ forkserver.main(listener, alive)
+    setup() ─▶ warm_up ─▶ start_fork_server(): os.fork() ─▶ forkserver.main(listener, alive)
                                                  (multiprocessing's own loop and protocol)
     loky's workers ◀─ forked from that server: the app's script, torch, Hydra already loaded
 
