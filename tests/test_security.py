@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List
+from typing import Dict, List
 
 import pytest
 from conftest import APPS, Run, app_env, jobs, run_app
@@ -53,6 +53,65 @@ def refused(address: str) -> bool:
     return False
 
 
+class GatedSweep:
+    """Two paced jobs on ``backend`` that wait at a gate file until :meth:`finish` opens it.
+
+    ``address`` is the cluster's address as the launch line names it (``where`` matches
+    the words before it).
+    """
+
+    def __init__(self, tmp_path: Path, backend: List[str], where: str, env: Dict[str, str]) -> None:
+        self.gate = tmp_path / "gate"
+        self.gate.write_text("closed")
+        self.sweep_dir = tmp_path / "sweep"
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-Werror",
+                str(PACED),
+                "-m",
+                "hydra/launcher=joblib",
+                *backend,
+                "hydra.launcher.n_jobs=2",
+                f"hydra.sweep.dir={self.sweep_dir}",
+                "+name=a,b",
+                f"+gate={self.gate}",
+                "+gated=[a,b]",
+            ],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+        assert self.proc.stdout is not None
+        self.output = ""
+        for line in self.proc.stdout:
+            self.output += line
+            if "is launching" in line:
+                break
+        found = re.search(rf"on {where} (\S+) \(", self.output)
+        assert found, self.output
+        self.address = found.group(1)
+        deadline = time.monotonic() + 60
+        while len(list(self.sweep_dir.glob("*/.hydra"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)  # both jobs started, waiting at the gate
+
+    def finish(self) -> None:
+        """Open the gate; the sweep must then complete unharmed."""
+        self.gate.unlink()
+        output, _ = self.proc.communicate(timeout=180)
+        self.output += output
+        assert self.proc.returncode == 0, self.output
+        assert [job["status"] for job in jobs(self.sweep_dir)] == ["COMPLETED", "COMPLETED"]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
 @pytest.mark.dask
 def test_the_embedded_cluster_refuses_a_client_without_the_launchs_credentials(
     tmp_path: Path,
@@ -60,66 +119,25 @@ def test_the_embedded_cluster_refuses_a_client_without_the_launchs_credentials(
     distributed = pytest.importorskip("distributed")
     import psutil
 
-    gate = tmp_path / "gate"
-    gate.write_text("closed")
-    sweep_dir = tmp_path / "sweep"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-Werror",
-            str(PACED),
-            "-m",
-            "hydra/launcher=joblib",
-            "hydra.launcher.backend=dask",
-            "hydra.launcher.n_jobs=2",
-            f"hydra.sweep.dir={sweep_dir}",
-            "+name=a,b",
-            f"+gate={gate}",
-            "+gated=[a,b]",
-        ],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=app_env({"DASK_TEMPORARY_DIRECTORY": str(tmp_path)}),
-        start_new_session=True,
-    )
+    env = app_env({"DASK_TEMPORARY_DIRECTORY": str(tmp_path)})
+    sweep = GatedSweep(tmp_path, ["hydra.launcher.backend=dask"], "embedded Dask LocalCluster", env)
     try:
-        assert proc.stdout is not None
-        seen = []
-        for line in proc.stdout:
-            seen.append(line)
-            if "is launching" in line:
-                break
-        found = re.search(r"embedded Dask LocalCluster (\S+) \(", "".join(seen))
-        assert found, "".join(seen)
-        address = found.group(1)
-        assert address.startswith("tls://127.0.0.1:"), address  # named in the launch line
-        deadline = time.monotonic() + 60
-        while len(list(sweep_dir.glob("*/.hydra"))) < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)  # both jobs started, waiting at the gate
-
-        port = address.rsplit(":", 1)[1]
-        for attempt in (address, f"tcp://127.0.0.1:{port}"):
+        assert sweep.address.startswith("tls://127.0.0.1:"), sweep.address
+        port = sweep.address.rsplit(":", 1)[1]
+        for attempt in (sweep.address, f"tcp://127.0.0.1:{port}"):
             started = time.monotonic()
             with pytest.raises(Exception):
                 distributed.Client(attempt, timeout=5, set_as_default=False)
             assert time.monotonic() - started < 30, attempt
-        workers = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+        workers = [p.pid for p in psutil.Process(sweep.proc.pid).children(recursive=True)]
         ports = listening_ports(workers)
         assert ports, "the workers listen somewhere"
         for worker_port in ports:
             for scheme in ("tls", "tcp"):
                 assert refused(f"{scheme}://127.0.0.1:{worker_port}"), worker_port
-
-        gate.unlink()  # the jobs may end
-        output, _ = proc.communicate(timeout=120)
+        sweep.finish()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, "".join(seen) + output
-    assert [job["status"] for job in jobs(sweep_dir)] == ["COMPLETED", "COMPLETED"]
+        sweep.stop()
 
 
 # -- no pickle from a stranger ------------------------------------------------------------
@@ -201,61 +219,27 @@ def test_local_ray_refuses_a_driver_without_its_token(tmp_path: Path) -> None:
 
     if tuple(int(part) for part in ray.__version__.split(".")[:2]) < (2, 59):
         pytest.skip(f"Ray {ray.__version__} starts a local Ray without authentication (2.59 on)")
-    gate = tmp_path / "gate"
-    gate.write_text("closed")
-    sweep_dir = tmp_path / "sweep"
     home, outsider = tmp_path / "home", tmp_path / "outsider"
     home.mkdir()
     outsider.mkdir()
     env = {k: v for k, v in app_env().items() if not k.startswith("RAY_AUTH")}
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths must stay short
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-Werror",
-            str(PACED),
-            "-m",
-            "hydra/launcher=joblib",
-            "hydra.launcher.backend=ray",
-            "hydra.launcher.n_jobs=2",
-            f"+hydra.launcher.ray.init._temp_dir={temp_dir}",
-            f"hydra.sweep.dir={sweep_dir}",
-            "+name=a,b",
-            f"+gate={gate}",
-            "+gated=[a,b]",
-        ],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**env, "HOME": str(home)},
-        start_new_session=True,
-    )
+    backend = ["hydra.launcher.backend=ray", f"+hydra.launcher.ray.init._temp_dir={temp_dir}"]
     try:
-        assert proc.stdout is not None
-        seen = []
-        for line in proc.stdout:
-            seen.append(line)
-            if "is launching" in line:
-                break
-        found = re.search(r"on local Ray (\S+) \(", "".join(seen))
-        assert found, "".join(seen)
-        driver = f"import ray; ray.init(address={found.group(1)!r}); print('CONNECTED')"
-        for who in ({"HOME": str(outsider)}, {"HOME": str(outsider), "RAY_AUTH_TOKEN": "0" * 64}):
-            attempt = subprocess.run(
-                [sys.executable, "-c", driver],
-                env={**env, "RAY_AUTH_MODE": "token", **who},
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            assert attempt.returncode != 0 and "CONNECTED" not in attempt.stdout, who
-        gate.unlink()
-        output, _ = proc.communicate(timeout=180)
+        sweep = GatedSweep(tmp_path, backend, "local Ray", {**env, "HOME": str(home)})
+        try:
+            driver = f"import ray; ray.init(address={sweep.address!r}); print('CONNECTED')"
+            for who in ({"HOME": str(outsider)}, {"HOME": str(outsider), "RAY_AUTH_TOKEN": "0" * 64}):
+                attempt = subprocess.run(
+                    [sys.executable, "-c", driver],
+                    env={**env, "RAY_AUTH_MODE": "token", **who},
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                )
+                assert attempt.returncode != 0 and "CONNECTED" not in attempt.stdout, who
+            sweep.finish()
+        finally:
+            sweep.stop()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
         shutil.rmtree(temp_dir, ignore_errors=True)
-    assert proc.returncode == 0, "".join(seen) + output
-    assert [job["status"] for job in jobs(sweep_dir)] == ["COMPLETED", "COMPLETED"]

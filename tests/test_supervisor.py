@@ -10,18 +10,18 @@ are innocent; jobs never dispatched run again on the main pool; an interrupt
 stops every pool and propagates.
 """
 
-import pickle
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import AbstractSet, Dict, FrozenSet, Iterator, List, Sequence, Type, Union
 
 import pytest
+from fakes import FakeReport, Quarantine, completed, crashed
 from hydra.core.utils import JobReturn, JobStatus
 
 from hydra_plugins.hydra_joblib_launcher._errors import JobTimeout, PoolBroken, WorkerCrashed
 from hydra_plugins.hydra_joblib_launcher._outcome import JobOutcome
 from hydra_plugins.hydra_joblib_launcher._plan import JobSpec
-from hydra_plugins.hydra_joblib_launcher._pools import Pool, Pools
+from hydra_plugins.hydra_joblib_launcher._pools import Pools
 from hydra_plugins.hydra_joblib_launcher._supervisor import supervise
 
 EXIT_CODES = "(exit codes: -9)"
@@ -43,38 +43,6 @@ class Interrupt:
 
 
 Script = Union[Break, Interrupt, None]  # None: complete every job
-
-
-def completed(spec: JobSpec) -> JobOutcome:
-    ret = JobReturn(
-        overrides=list(spec.overrides), status=JobStatus.COMPLETED, _return_value=spec.num * 10
-    )
-    return JobOutcome(
-        num=spec.num,
-        completed=True,
-        payload=pickle.dumps(ret),
-        started=1.0,
-        ended=2.0,
-        host="here",
-        pid=1234,
-    )
-
-
-def crashed(spec: JobSpec) -> JobOutcome:
-    """As a pool that runs each job in a process of its own reports a job whose process died."""
-    error = WorkerCrashed(f"job #{spec.num} died")
-    ret = JobReturn(overrides=list(spec.overrides), status=JobStatus.FAILED, _return_value=error)
-    return JobOutcome(
-        num=spec.num,
-        completed=False,
-        payload=pickle.dumps(ret),
-        started=1.0,
-        ended=2.0,
-        host="here",
-        pid=None,
-        error_type="WorkerCrashed",
-        error=str(error),
-    )
 
 
 class FakePool:
@@ -105,34 +73,6 @@ class FakePool:
 
     def stop(self) -> None:
         self.stopped += 1
-
-
-@dataclass
-class FakeReport:
-    ended: List[JobOutcome] = field(default_factory=list)
-    interrupted_calls: int = 0
-    closed: int = 0
-
-    def job_ended(self, outcome: JobOutcome) -> None:
-        self.ended.append(outcome)
-
-    def interrupted(self) -> None:
-        self.interrupted_calls += 1
-
-    def close(self) -> None:
-        self.closed += 1
-
-
-@dataclass
-class Quarantine:
-    """The quarantine factory: hands out ``pool``, counting the calls."""
-
-    pool: FakePool = field(default_factory=FakePool)
-    opened: int = 0
-
-    def __call__(self) -> Pool:
-        self.opened += 1
-        return self.pool
 
 
 def make_specs(tmp_path: Path, n: int) -> List[JobSpec]:
@@ -169,7 +109,7 @@ def failure(returns: Dict[int, JobReturn], num: int, error_type: Type[Exception]
 def test_the_job_alone_in_flight_is_the_culprit(tmp_path: Path) -> None:
     specs = make_specs(tmp_path, 6)
     main = FakePool(Break(after=2, in_flight=frozenset({2})))
-    quarantine = Quarantine()
+    quarantine = Quarantine(FakePool())
     report = FakeReport()
 
     returns = supervise(specs, pools=Pools(main, quarantine), report=report)
@@ -189,7 +129,7 @@ def test_the_job_alone_in_flight_is_the_culprit(tmp_path: Path) -> None:
 def test_several_in_flight_each_run_again_in_quarantine(tmp_path: Path) -> None:
     specs = make_specs(tmp_path, 6)
     main = FakePool(Break(after=1, in_flight=frozenset({1, 2, 3})))
-    quarantine = Quarantine()
+    quarantine = Quarantine(FakePool())
     report = FakeReport()
 
     returns = supervise(specs, pools=Pools(main, quarantine), report=report)
@@ -222,7 +162,7 @@ def test_a_timed_out_job_is_the_cause_and_the_others_in_flight_are_innocent(
     specs = make_specs(tmp_path, 6)
     specs[2].files.mark_timed_out(1.0)
     main = FakePool(Break(after=1, in_flight=frozenset({1, 2, 3})))
-    quarantine = Quarantine()
+    quarantine = Quarantine(FakePool())
     report = FakeReport()
 
     returns = supervise(specs, pools=Pools(main, quarantine), report=report)
@@ -239,7 +179,7 @@ def test_a_timed_out_job_is_the_cause_and_the_others_in_flight_are_innocent(
 def test_with_nothing_in_flight_every_unfinished_job_runs_again(tmp_path: Path, after: int) -> None:
     specs = make_specs(tmp_path, 5)
     main = FakePool(Break(after=after, in_flight=frozenset()))
-    quarantine = Quarantine()
+    quarantine = Quarantine(FakePool())
     report = FakeReport()
 
     returns = supervise(specs, pools=Pools(main, quarantine), report=report)
@@ -258,7 +198,7 @@ def test_the_pool_breaking_again_is_settled_again(tmp_path: Path) -> None:
     )
     report = FakeReport()
 
-    returns = supervise(specs, pools=Pools(main, Quarantine()), report=report)
+    returns = supervise(specs, pools=Pools(main, Quarantine(FakePool())), report=report)
 
     assert main.handed == [[0, 1, 2, 3, 4, 5], [2, 3, 4, 5], [4, 5]]
     failure(returns, 1, WorkerCrashed)
@@ -273,7 +213,7 @@ def test_an_interrupt_stops_the_pool_and_propagates(tmp_path: Path) -> None:
     report = FakeReport()
 
     with pytest.raises(KeyboardInterrupt):
-        supervise(specs, pools=Pools(main, Quarantine()), report=report)
+        supervise(specs, pools=Pools(main, Quarantine(FakePool())), report=report)
 
     assert main.stopped == 1
     assert report.interrupted_calls == 1
@@ -308,7 +248,7 @@ def test_an_unexpected_error_stops_the_pool_closes_the_report_and_propagates(
     report = FakeReport()
 
     with pytest.raises(RuntimeError, match="the pool's own bug"):
-        supervise(make_specs(tmp_path, 3), pools=Pools(main, Quarantine()), report=report)
+        supervise(make_specs(tmp_path, 3), pools=Pools(main, Quarantine(FakePool())), report=report)
 
     assert main.stopped == 1
     assert report.closed == 1

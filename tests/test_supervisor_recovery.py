@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Dict, FrozenSet, Iterator, List, Optional, Sequence
 
 import pytest
+from fakes import FakeReport, Quarantine, completed, crashed
 from hydra.core.utils import JobReturn, JobStatus
 
 from hydra_plugins.hydra_joblib_launcher._errors import (
@@ -27,7 +28,7 @@ from hydra_plugins.hydra_joblib_launcher._errors import (
 )
 from hydra_plugins.hydra_joblib_launcher._outcome import JobOutcome
 from hydra_plugins.hydra_joblib_launcher._plan import JobSpec
-from hydra_plugins.hydra_joblib_launcher._pools import Pool, Pools
+from hydra_plugins.hydra_joblib_launcher._pools import Pools
 from hydra_plugins.hydra_joblib_launcher._supervisor import supervise
 
 EXIT_CODES = "(exit codes: -9)"
@@ -98,38 +99,8 @@ class Jobs:
         from hydra_plugins.hydra_joblib_launcher._durable import keep
 
         output_dir = self.start(spec)
-        value: object = Unloadable() if spec.num in self.unloadable else spec.num * 10
-        ret = JobReturn(overrides=list(spec.overrides), status=JobStatus.COMPLETED)
-        ret._return_value = value
-        outcome = JobOutcome(
-            num=spec.num,
-            completed=True,
-            payload=pickle.dumps(ret),
-            started=1.0,
-            ended=2.0,
-            host="here",
-            pid=1234,
-            output_dir=output_dir,
-        )
-        return keep(spec, outcome)
-
-    def crash_alone(self, spec: JobSpec) -> JobOutcome:
-        """As a pool running each job in a process of its own reports a job whose process died."""
-        self.start(spec)
-        error = WorkerCrashed(f"job #{spec.num} died")
-        ret = JobReturn(overrides=list(spec.overrides), status=JobStatus.FAILED)
-        ret._return_value = error
-        return JobOutcome(
-            num=spec.num,
-            completed=False,
-            payload=pickle.dumps(ret),
-            started=1.0,
-            ended=2.0,
-            host="here",
-            pid=None,
-            error_type="WorkerCrashed",
-            error=str(error),
-        )
+        value = Unloadable() if spec.num in self.unloadable else None
+        return keep(spec, completed(spec, value, output_dir))
 
 
 class FakePool:
@@ -147,7 +118,8 @@ class FakePool:
             if script is not None and i == script.delivered:
                 self._break(script, specs[i:])
             if spec.num in self.jobs.crashes_alone:
-                yield self.jobs.crash_alone(spec)
+                self.jobs.start(spec)
+                yield crashed(spec)
             else:
                 yield self.jobs.run_to_end(spec)
         if script is not None:
@@ -168,30 +140,6 @@ class FakePool:
         raise PoolBroken("a worker died", in_flight=in_flight, exit_codes=EXIT_CODES)
 
     def stop(self) -> None:
-        pass
-
-
-@dataclass
-class Quarantine:
-    pool: FakePool
-    opened: int = 0
-
-    def __call__(self) -> Pool:
-        self.opened += 1
-        return self.pool
-
-
-@dataclass
-class FakeReport:
-    ended: List[JobOutcome] = field(default_factory=list)
-
-    def job_ended(self, outcome: JobOutcome) -> None:
-        self.ended.append(outcome)
-
-    def interrupted(self) -> None:
-        pass
-
-    def close(self) -> None:
         pass
 
 
