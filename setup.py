@@ -52,7 +52,8 @@ setup(
         # (cryptography: the embedded cluster's TLS credentials, made for each launch)
         "dask": ["dask[distributed]>=2023.1", "cryptography"],
         # backend=ray: joblib's ray backend (ray.util.joblib); [default] brings `ray start` and Ray Client
-        "ray": ["ray[default]>=2.9"],
+        # (2.59: a local Ray has token authentication on by default)
+        "ray": ["ray[default]>=2.59"],
     },
     classifiers=[
         "Programming Language :: Python :: 3.10",

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, List
 
 import pytest
 from conftest import APPS, Run, app_env, jobs, run_app
@@ -206,9 +206,10 @@ def test_a_context_file_of_another_user_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.ray
-def test_local_ray_refuses_a_driver_without_its_token(tmp_path: Path) -> None:
-    """Ray started by the launcher keeps Ray's token authentication (on by default from 2.59);
-    HOME is the test's, so the token is made there, and the outsider's HOME has none."""
+def test_local_ray_listens_on_loopback_and_refuses_a_driver_without_its_token(tmp_path: Path) -> None:
+    """Ray started by the launcher listens on loopback only and keeps Ray's token
+    authentication (on by default from 2.59); HOME is the test's, so the token is made
+    there, and the outsider's HOME has none."""
     import importlib.util
     import shutil
     import tempfile
@@ -228,18 +229,55 @@ def test_local_ray_refuses_a_driver_without_its_token(tmp_path: Path) -> None:
     try:
         sweep = GatedSweep(tmp_path, backend, "local Ray", {**env, "HOME": str(home)})
         try:
+            assert sweep.address.startswith("127.0.0.1:"), sweep.address
+            import psutil
+
+            processes = psutil.Process(sweep.proc.pid).children(recursive=True)
+            listening = [
+                (process.pid, conn.laddr)
+                for process in processes
+                for conn in _connections(process)
+                if conn.status == psutil.CONN_LISTEN
+            ]
+            assert listening, "local Ray listens somewhere"
+            assert all(address.ip in LOOPBACK for _, address in listening), listening
             driver = f"import ray; ray.init(address={sweep.address!r}); print('CONNECTED')"
             for who in ({"HOME": str(outsider)}, {"HOME": str(outsider), "RAY_AUTH_TOKEN": "0" * 64}):
                 attempt = subprocess.run(
                     [sys.executable, "-c", driver],
-                    env={**env, "RAY_AUTH_MODE": "token", **who},
+                    env={**env, **LOOPBACK_DRIVER, **who},
                     capture_output=True,
                     text=True,
-                    timeout=120,
+                    timeout=60,
                 )
                 assert attempt.returncode != 0 and "CONNECTED" not in attempt.stdout, who
+            # with the token (the test's HOME), the same driver gets in
+            attempt = subprocess.run(
+                [sys.executable, "-c", driver],
+                env={**env, "HOME": str(home), **LOOPBACK_DRIVER},
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert "CONNECTED" in attempt.stdout, attempt.stdout + attempt.stderr
             sweep.finish()
         finally:
             sweep.stop()
     finally:
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
+
+# A driver of the user's for that Ray, as the README says: token authentication (Ray's
+# default for a driver from 2.61 only) and Ray's single-machine mode (its address is loopback).
+LOOPBACK_DRIVER = {"RAY_AUTH_MODE": "token", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def _connections(process: Any) -> List[Any]:
+    import psutil
+
+    try:
+        return list(process.net_connections(kind="tcp"))
+    except psutil.NoSuchProcess:
+        return []

@@ -8,7 +8,9 @@ Ray actor running one job at a time. See _cluster.py for what the launcher adds 
 import atexit
 import functools
 import logging
+import os
 import socket
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
@@ -78,7 +80,8 @@ def _connect(ray: Any, options: LaunchOptions, n_workers: int) -> Tuple[str, boo
         # actors at least, so Ray needs two CPUs (n_workers still bounds jobs at once).
         kwargs = {"include_dashboard": False, **dict(settings.init)}
         kwargs.setdefault("num_cpus", max(n_workers, 2))
-        context = ray.init(**kwargs)
+        with _on_loopback(kwargs):
+            context = ray.init(**kwargs)
         atexit.register(_shutdown_ray)
         return str(getattr(context, "address_info", {}).get("gcs_address", "local")), True
     _probe_ray_address(settings.address)
@@ -93,6 +96,35 @@ def _connect(ray: Any, options: LaunchOptions, n_workers: int) -> Tuple[str, boo
         ) from None
     atexit.register(_shutdown_ray)  # a connection of ours: dropped at exit, the cluster stays
     return settings.address, False
+
+
+@contextmanager
+def _on_loopback(kwargs: Dict[str, Any]) -> Iterator[None]:
+    """The local Ray started meanwhile listens on 127.0.0.1 only, unless the user chose an address.
+
+    Ray takes 127.0.0.1 given as the node's address for "this machine" and puts its
+    servers on the address others reach it by; its single-machine mode (the one of
+    macOS and Windows) keeps them all on loopback. Ray reads the switch when it is
+    imported (its processes, from the variable they inherit as they start) and when
+    it picks the node's address (this process, from ray_constants); both are restored.
+    """
+    if "_node_ip_address" in kwargs or LOOPBACK_ONLY in os.environ:
+        yield
+        return
+    from ray._private import ray_constants
+
+    cluster = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    os.environ[LOOPBACK_ONLY] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        os.environ.pop(LOOPBACK_ONLY, None)
+        ray_constants.ENABLE_RAY_CLUSTER = cluster
+
+
+# Ray's switch between a cluster and a single machine (ray_constants.ENABLE_RAY_CLUSTER).
+LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def _probe_ray_address(address: str) -> None:
