@@ -23,19 +23,16 @@ pytestmark = [pytest.mark.slow]
 PACED = APPS / "paced.py"
 
 
-def listening_ports(pids: List[int]) -> List[int]:
-    """The TCP ports on which the processes ``pids`` listen."""
+def listening(processes: List[Any]) -> List[Any]:
+    """The addresses (ip, port) on which ``processes`` (psutil's) listen for TCP connections."""
     import psutil
 
-    ports = set()
-    for pid in pids:
-        try:
-            for conn in psutil.Process(pid).net_connections(kind="tcp"):
-                if conn.status == psutil.CONN_LISTEN:
-                    ports.add(conn.laddr.port)
-        except psutil.NoSuchProcess:
-            pass
-    return sorted(ports)
+    return [
+        conn.laddr
+        for process in processes
+        for conn in _connections(process)
+        if conn.status == psutil.CONN_LISTEN
+    ]
 
 
 def refused(address: str) -> bool:
@@ -129,12 +126,12 @@ def test_the_embedded_cluster_refuses_a_client_without_the_launchs_credentials(
             with pytest.raises(Exception):
                 distributed.Client(attempt, timeout=5, set_as_default=False)
             assert time.monotonic() - started < 30, attempt
-        workers = [p.pid for p in psutil.Process(sweep.proc.pid).children(recursive=True)]
-        ports = listening_ports(workers)
-        assert ports, "the workers listen somewhere"
-        for worker_port in ports:
+        addresses = listening(psutil.Process(sweep.proc.pid).children(recursive=True))
+        assert addresses, "the workers listen somewhere"
+        assert all(address.ip in LOOPBACK for address in addresses), addresses
+        for address in addresses:
             for scheme in ("tls", "tcp"):
-                assert refused(f"{scheme}://127.0.0.1:{worker_port}"), worker_port
+                assert refused(f"{scheme}://127.0.0.1:{address.port}"), address
         sweep.finish()
     finally:
         sweep.stop()
@@ -232,15 +229,9 @@ def test_local_ray_listens_on_loopback_and_refuses_a_driver_without_its_token(tm
             assert sweep.address.startswith("127.0.0.1:"), sweep.address
             import psutil
 
-            processes = psutil.Process(sweep.proc.pid).children(recursive=True)
-            listening = [
-                (process.pid, conn.laddr)
-                for process in processes
-                for conn in _connections(process)
-                if conn.status == psutil.CONN_LISTEN
-            ]
-            assert listening, "local Ray listens somewhere"
-            assert all(address.ip in LOOPBACK for _, address in listening), listening
+            addresses = listening(psutil.Process(sweep.proc.pid).children(recursive=True))
+            assert addresses, "local Ray listens somewhere"
+            assert all(address.ip in LOOPBACK for address in addresses), addresses
             driver = f"import ray; ray.init(address={sweep.address!r}); print('CONNECTED')"
             for who in ({"HOME": str(outsider)}, {"HOME": str(outsider), "RAY_AUTH_TOKEN": "0" * 64}):
                 attempt = subprocess.run(
