@@ -53,14 +53,11 @@ def hold(sweep_dir: Path) -> None:
 
 
 def release_all() -> None:
-    """Let go of every sweep dir this process holds (a new multirun starts)."""
-    for fd in _held.values():
-        os.close(fd)  # closing the only descriptor releases its lock
-    _held.clear()
+    """Let go of every sweep dir this process holds (a new multirun starts).
 
-
-def forget_held() -> None:
-    """In a child forked from the holder: close its copies, so that the holder alone holds the locks."""
+    In a child forked from the holder (the fork server, see _zygote) this closes the
+    child's copies only: the lock stays with the holder's own descriptors.
+    """
     for fd in _held.values():
-        os.close(fd)  # the holder's own descriptor keeps the lock; only a close there releases it
+        os.close(fd)  # closing the last descriptor of the lock file releases its lock
     _held.clear()

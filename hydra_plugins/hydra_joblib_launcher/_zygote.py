@@ -34,7 +34,7 @@ import warnings
 from typing import Callable
 
 from ._processes import hangup_blocked
-from ._sweeplock import forget_held
+from ._sweeplock import release_all
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def _serve(listener_fd: int, alive_r: int, alive_w: int) -> None:
     code = 0
     try:
         os.close(alive_w)
-        forget_held()  # the sweep dir's lock is the launching process's alone
+        release_all()  # its copies: the sweep dir's lock is the launching process's alone
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the app's own handler, if it has one
         from multiprocessing import forkserver
 
