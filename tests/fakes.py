@@ -19,16 +19,7 @@ def completed(spec: JobSpec, value: object = None, output_dir: Optional[str] = N
     """Job ``spec`` completed, returning ``value`` (by default its number times 10)."""
     ret = JobReturn(overrides=list(spec.overrides), status=JobStatus.COMPLETED)
     ret._return_value = spec.num * 10 if value is None else value
-    return JobOutcome(
-        num=spec.num,
-        completed=True,
-        payload=pickle.dumps(ret),
-        started=1.0,
-        ended=2.0,
-        host="here",
-        pid=1234,
-        output_dir=output_dir,
-    )
+    return _sent(spec, ret, pid=1234, output_dir=output_dir)
 
 
 def crashed(spec: JobSpec) -> JobOutcome:
@@ -36,16 +27,15 @@ def crashed(spec: JobSpec) -> JobOutcome:
     error = WorkerCrashed(f"job #{spec.num} died")
     ret = JobReturn(overrides=list(spec.overrides), status=JobStatus.FAILED)
     ret._return_value = error
+    return _sent(spec, ret, pid=None, error_type="WorkerCrashed", error=str(error))
+
+
+def _sent(spec: JobSpec, ret: JobReturn, **fields: Any) -> JobOutcome:
+    """The outcome a worker sends for ``ret``."""
+    completed = ret.status == JobStatus.COMPLETED
     return JobOutcome(
-        num=spec.num,
-        completed=False,
-        payload=pickle.dumps(ret),
-        started=1.0,
-        ended=2.0,
-        host="here",
-        pid=None,
-        error_type="WorkerCrashed",
-        error=str(error),
+        num=spec.num, completed=completed, payload=pickle.dumps(ret), started=1.0, ended=2.0,
+        host="here", **fields,
     )
 
 
