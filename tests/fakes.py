@@ -35,7 +35,7 @@ def _sent(spec: JobSpec, ret: JobReturn, **fields: Any) -> JobOutcome:
     completed = ret.status == JobStatus.COMPLETED
     return JobOutcome(
         num=spec.num, completed=completed, payload=pickle.dumps(ret), started=1.0, ended=2.0,
-        host="here", **fields,
+        host="here", attempts=spec.attempt, **fields,
     )
 
 

@@ -202,6 +202,7 @@ def test_a_worker_killed_mid_job_costs_nothing(dask_cluster: DaskCluster, tmp_pa
                     "+work=4",
                     f"+count_dir={count_dir}",
                     *DASK,
+                    "hydra.launcher.retries=1",  # a job whose worker died runs once more
                     f"hydra.launcher.dask.address={dask_cluster.address}",
                     "hydra.sweep.dir=sweep",
                 ],
@@ -239,6 +240,7 @@ def test_a_job_that_keeps_killing_its_worker_fails_alone(
             "+modes.c=sigkill",
             f"+count_dir={count_dir}",
             *DASK,
+            "hydra.launcher.retries=1",  # a job whose worker died runs once more
             f"hydra.launcher.dask.address={dask_cluster.address}",
             "hydra.sweep.dir=sweep",
         ],

@@ -157,6 +157,9 @@ def test_defaults_of_the_typed_config_are_valid() -> None:
     assert options.device_env == "CUDA_VISIBLE_DEVICES"
     assert options.progress == "auto"
     assert options.resume is False
+    assert options.mem_limit is None
+    assert options.retries == 0
+    assert options.retry_on == ("crash",)
     assert validate({}) == options
 
 
@@ -333,3 +336,37 @@ def test_n_jobs_below_minus_the_cpu_count_is_refused(n_jobs: int, cpus: int) -> 
 
 def test_n_jobs_on_a_cluster_counts_its_workers_not_this_machine() -> None:
     assert validate({"backend": "dask", "n_jobs": -10}, cpu_count=2).n_jobs == -10
+
+
+@pytest.mark.parametrize(
+    "value, nbytes",
+    [
+        ("8GB", 8 * 1000**3),
+        ("500MB", 500 * 1000**2),
+        ("2GiB", 2 * 1024**3),
+        ("1.5G", int(1.5 * 1024**3)),
+        ("300 MB", 300 * 1000**2),
+        (300_000_000, 300_000_000),
+        ("0.25", 4 * 1000**3),  # a quarter of the 16 GB machine below
+        (0.5, 8 * 1000**3),
+    ],
+)
+def test_mem_limit_is_a_size_or_a_share_of_the_machine(value: object, nbytes: int) -> None:
+    options = validate({"mem_limit": value}, memory=16 * 1000**3)
+    assert options.mem_limit is not None and options.mem_limit.on(16 * 1000**3) == nbytes
+
+
+def test_mem_limit_on_a_cluster_is_not_checked_against_this_machine() -> None:
+    options = validate({"backend": "dask", "mem_limit": "100TB"}, memory=16 * 1000**3)
+    assert options.mem_limit is not None and options.mem_limit.nbytes == 100 * 1000**4
+
+
+@pytest.mark.parametrize("value", ["0", "-1GB", "lots", "1.5", True, "10XB"])
+def test_a_mem_limit_that_is_no_size_is_refused(value: object) -> None:
+    message = refused({"mem_limit": value})
+    assert "hydra.launcher.mem_limit=" in message and 'give a size such as "8GB"' in message
+
+
+def test_retry_on_words_are_kept_in_a_fixed_order() -> None:
+    assert validate({"retry_on": ["memory", "crash"]}).retry_on == ("crash", "memory")
+    assert validate({"retry_on": []}).retry_on == ()

@@ -199,6 +199,7 @@ def test_on_a_cluster_a_crashing_job_and_a_job_past_its_timeout_fail_alone(
             "+modes.c=sigkill",
             f"+count_dir={count_dir}",
             *RAY,
+            "hydra.launcher.retries=1",  # a job whose worker died runs once more
             "hydra.launcher.timeout=4",
             f"hydra.launcher.ray.address={ray_head.address}",
             "hydra.sweep.dir=sweep",

@@ -10,9 +10,9 @@ are innocent; jobs never dispatched run again on the main pool; an interrupt
 stops every pool and propagates.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import AbstractSet, Dict, FrozenSet, Iterator, List, Sequence, Type, Union
+from typing import AbstractSet, Dict, FrozenSet, Iterator, List, Optional, Sequence, Type, Union
 
 import pytest
 from fakes import FakeReport, Quarantine, completed, crashed
@@ -22,7 +22,7 @@ from hydra_plugins.hydra_joblib_launcher._errors import JobTimeout, PoolBroken, 
 from hydra_plugins.hydra_joblib_launcher._outcome import JobOutcome
 from hydra_plugins.hydra_joblib_launcher._plan import JobSpec
 from hydra_plugins.hydra_joblib_launcher._pools import Pools
-from hydra_plugins.hydra_joblib_launcher._supervisor import supervise
+from hydra_plugins.hydra_joblib_launcher._supervisor import Retries, supervise
 
 EXIT_CODES = "(exit codes: -9)"
 
@@ -33,6 +33,7 @@ class Break:
 
     after: int
     in_flight: FrozenSet[int]
+    culprit: Optional[int] = None  # the job whose worker the pool saw die first
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,12 @@ class FakePool:
                 for running in specs:
                     if running.num in script.in_flight:
                         running.files.note_started({"pid": 4321, "host": "here", "started": 1.0})
-                raise PoolBroken("a worker died", in_flight=script.in_flight, exit_codes=EXIT_CODES)
+                raise PoolBroken(
+                    "a worker died",
+                    in_flight=script.in_flight,
+                    exit_codes=EXIT_CODES,
+                    culprit=script.culprit,
+                )
             if isinstance(script, Interrupt) and i == script.after:
                 raise KeyboardInterrupt
             yield crashed(spec) if spec.num in self.crashes else completed(spec)
@@ -139,6 +145,71 @@ def test_several_in_flight_each_run_again_in_quarantine(tmp_path: Path) -> None:
     assert main.handed == [[0, 1, 2, 3, 4, 5], [4, 5]]
     assert_completed(returns, range(6))
     assert_each_job_ended_once(specs, report, returns)
+
+
+def test_a_known_culprit_fails_and_the_others_in_flight_run_again_on_the_main_pool(
+    tmp_path: Path,
+) -> None:
+    """The pool saw whose worker died first: no quarantine, the innocents are back in the queue."""
+    specs = make_specs(tmp_path, 6)
+    main = FakePool(Break(after=1, in_flight=frozenset({1, 2, 3}), culprit=2))
+    quarantine = Quarantine(FakePool())
+    report = FakeReport()
+
+    returns = supervise(specs, pools=Pools(main, quarantine), report=report)
+
+    assert "job #2 (x=2)" in failure(returns, 2, WorkerCrashed)
+    assert quarantine.opened == 0
+    assert main.handed == [[0, 1, 2, 3, 4, 5], [1, 3, 4, 5]]
+    assert_completed(returns, [0, 1, 3, 4, 5])
+    assert_each_job_ended_once(specs, report, returns)
+
+
+def test_with_retries_a_crashed_job_runs_again_in_a_process_of_its_own(tmp_path: Path) -> None:
+    specs = make_specs(tmp_path, 4)
+    main = FakePool(Break(after=2, in_flight=frozenset({2})))
+    quarantine = Quarantine(FakePool())
+    report = FakeReport()
+
+    returns = supervise(
+        specs, pools=Pools(main, quarantine), report=report, retries=Retries(retries=1)
+    )
+
+    assert quarantine.opened == 1 and quarantine.pool.handed == [[2]]
+    assert_completed(returns, range(4))
+    assert [o.attempts for o in report.ended if o.num == 2] == [2]  # its last attempt, once
+    assert_each_job_ended_once(specs, report, returns)
+
+
+def test_retries_are_spent_then_the_last_attempt_is_the_outcome(tmp_path: Path) -> None:
+    specs = make_specs(tmp_path, 3)
+    main = FakePool(crashes={1})
+    quarantine = Quarantine(FakePool(crashes={1}))
+    report = FakeReport()
+
+    returns = supervise(
+        specs, pools=Pools(main, quarantine), report=report, retries=Retries(retries=2)
+    )
+
+    assert quarantine.pool.handed == [[1], [1]]  # attempts 2 and 3
+    assert failure(returns, 1, WorkerCrashed) == "job #1 died"
+    assert [o.attempts for o in report.ended if o.num == 1] == [3]
+    assert_each_job_ended_once(specs, report, returns)
+
+
+def test_what_runs_again() -> None:
+    spec = make_specs(Path("unused"), 1)[0]
+    died = crashed(spec)
+    raised = replace(died, error_type="ValueError")
+    assert Retries(retries=1).again(died)
+    assert not Retries(retries=0).again(died)
+    assert not Retries(retries=1).again(replace(died, attempts=2))  # its retry was spent
+    assert not Retries(retries=3, retry_on=("crash", "timeout", "memory")).again(raised)
+    assert not Retries(retries=1).again(completed(spec))
+    assert not Retries(retries=1, retry_on=("memory",)).again(died)
+    memory = replace(died, error_type="MemoryLimitExceeded")
+    assert Retries(retries=1, retry_on=("memory",)).again(memory)
+    assert not Retries(retries=1).again(memory)  # crash alone, by default
 
 
 def test_a_crash_in_quarantine_costs_only_the_job_that_crashes(tmp_path: Path) -> None:

@@ -17,8 +17,9 @@ launcher adds is what Hydra jobs need:
   the job itself); Ray's joblib pool runs one task at a time per actor process;
 * a job whose worker dies is re-run by the cluster (Dask reschedules the task,
   Ray restarts the actor and retries); the job counts its own starts
-  (``JobSpec.max_worker_deaths``) and, after ``MAX_WORKER_DEATHS`` deaths, ends
-  FAILED on its next start instead of killing more workers. A job past its
+  (``JobSpec.max_worker_deaths``: one, and one more per retry left when
+  ``retry_on`` names crash) and then ends FAILED on its next start instead of
+  killing more workers. A job past its
   timeout kills its worker the same way and ends FAILED (timeout) when re-run;
 * joblib aborts a whole call on the first exception, so nothing a job does
   raises: ``run_job_spec`` returns FAILED outcomes. What does raise is about the
@@ -42,14 +43,27 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
 from ._errors import LauncherConfigError, WorkerCannotRun
+from ._options import LaunchOptions
 from ._outcome import STOPPED, JobOutcome, cannot_run
 from ._plan import JobSpec
 from ._run import run_job_spec, stop_running_job
 
-# Deaths of its worker after which a job gives up (FAILED) instead of being run
-# again. Dask's scheduler gives up on a task itself after more deaths than
-# ``distributed.scheduler.allowed-failures`` (3 by default): keep this below.
-MAX_WORKER_DEATHS = 2
+
+def worker_deaths_allowed(options: LaunchOptions, spec: JobSpec) -> int:
+    """Deaths of its worker after which a job gives up (FAILED) instead of running again."""
+    if "crash" not in options.retry_on:
+        return 1
+    return max(options.retries + 2 - spec.attempt, 1)
+
+
+def engine_retries(options: LaunchOptions) -> int:
+    """How often the cluster may re-run a task whose worker died: more than any job allows itself.
+
+    So the job's own count decides (the same count as on the local backends),
+    and a job that was only queued on a worker that died runs again.
+    """
+    return options.retries + 2
+
 
 INSTALL = 'pip install "hydra-joblib-launcher[{extra}]"'
 TASK_NAME = re.compile(r"hydra_job_(\d+)")

@@ -16,7 +16,7 @@ import time
 from dataclasses import replace
 from typing import Any, Dict, FrozenSet, Iterator, Optional, Sequence, Set
 
-from ._cluster import MAX_WORKER_DEATHS, JobTask, job_of_task, stop_jobs_of
+from ._cluster import JobTask, job_of_task, stop_jobs_of, worker_deaths_allowed
 from ._dask_cluster import ONE_THREAD, DaskConnection, check_threads, close_dask
 from ._errors import LauncherError, PoolBroken, WorkerCannotRun
 from ._options import LaunchOptions
@@ -184,7 +184,10 @@ class DaskPool:
 
         client = self._connection.client
         check_threads(client)
-        specs = [replace(spec, max_worker_deaths=MAX_WORKER_DEATHS) for spec in specs]
+        specs = [
+            replace(spec, max_worker_deaths=worker_deaths_allowed(self._options, spec))
+            for spec in specs
+        ]
         self._marker_dirs.update(spec.marker_dir for spec in specs)
         dispatched: Set[int] = set()
         ended: Set[int] = set()
@@ -255,7 +258,7 @@ class DaskPool:
                 f"others once the cluster is back."
             )
         if isinstance(error, KilledWorker):
-            # Only if the scheduler allows fewer deaths than MAX_WORKER_DEATHS:
+            # Only if the scheduler allows fewer deaths than the job (a scheduler of the user's):
             # the job it names fails; the others, stopped, run again.
             num = job_of_task(error.task)
             stopped = self._stop_running()

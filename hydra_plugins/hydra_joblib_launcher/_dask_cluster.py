@@ -12,9 +12,10 @@ import threading
 from dataclasses import dataclass, replace
 from typing import Any, Dict, Tuple
 
-from ._cluster import MAX_WORKER_DEATHS, Cluster, missing_extra, n_at_once
+from ._cluster import Cluster, engine_retries, missing_extra, n_at_once
 from ._errors import LauncherError
 from ._options import LaunchOptions
+from ._usage import machine_memory
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,13 @@ def dask_connection(options: LaunchOptions, n_workers: int) -> DaskConnection:
     return connection
 
 
+# With mem_limit set, the embedded cluster's nannies stop a worker whose process
+# holds this much more (Dask's "terminate" at 95% of it): ~1.9x mem_limit, room for
+# the job's own watch to act first and say why.
+NANNY_BACKSTOP = 2.0
+MEMORY_STAGES = ("target", "spill", "pause")
+
+
 def _start_local_cluster(options: LaunchOptions, n_workers: int) -> DaskConnection:
     """A LocalCluster on loopback: the scheduler in this process, single-threaded worker processes.
 
@@ -86,8 +94,20 @@ def _start_local_cluster(options: LaunchOptions, n_workers: int) -> DaskConnecti
     # worker, so it is set for the process; the cluster is closed at exit.
     dask.config.set({"distributed.worker.daemon": False})
     # The scheduler gives up on a task (KilledWorker) only after the job has given up itself.
-    with dask.config.set({"distributed.scheduler.allowed-failures": MAX_WORKER_DEATHS + 1}):
+    allowed = engine_retries(options) + 1  # Dask counts failures past which it gives up
+    settings: Dict[str, Any] = {"distributed.scheduler.allowed-failures": allowed}
+    memory: Dict[str, Any] = {}
+    if options.mem_limit is not None:
+        # Each job's own watch holds its processes together to mem_limit (see
+        # _limits); the nanny, which sees the worker process alone, stops a worker a
+        # well above it, as a backstop. Pausing and spilling are for data Dask
+        # keeps in workers: jobs keep none, and a paused worker would stall its job.
+        limit = options.mem_limit.on(machine_memory() or 0)
+        memory = {"memory_limit": int(limit * NANNY_BACKSTOP)}
+        settings.update({f"distributed.worker.memory.{k}": False for k in MEMORY_STAGES})
+    with dask.config.set(settings):
         local = distributed.LocalCluster(
+            **memory,
             n_workers=n_workers,
             threads_per_worker=1,
             processes=True,

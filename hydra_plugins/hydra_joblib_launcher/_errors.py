@@ -3,7 +3,7 @@
 Each message says what happened, why it may have, and what to do about it.
 """
 
-from typing import FrozenSet
+from typing import FrozenSet, Optional
 
 from hydra.errors import CompactHydraException
 
@@ -36,6 +36,10 @@ class JobTimeout(JobFailure, TimeoutError):
     """The job ran longer than ``hydra.launcher.timeout``."""
 
 
+class MemoryLimitExceeded(JobFailure, MemoryError):
+    """The job's processes held more memory together than ``hydra.launcher.mem_limit``."""
+
+
 class ResultNotSendable(JobFailure):
     """The job's return value (or its exception) could not be pickled back to the launcher."""
 
@@ -52,13 +56,21 @@ class PoolBroken(Exception):
     """A worker died and took its pool with it; the jobs ``in_flight`` may not have ended.
 
     Raised by a pool's ``run``, caught by the supervisor, never shown to a user.
-    Of the jobs in flight, the supervisor suspects those that started (their files say so).
+    Of the jobs in flight, the supervisor suspects those that started (their files say so),
+    unless the pool knows the one job whose worker died first (``culprit``).
     """
 
-    def __init__(self, message: str, in_flight: FrozenSet[int], exit_codes: str) -> None:
+    def __init__(
+        self,
+        message: str,
+        in_flight: FrozenSet[int],
+        exit_codes: str,
+        culprit: Optional[int] = None,
+    ) -> None:
         super().__init__(message)
         self.in_flight = in_flight
         self.exit_codes = exit_codes
+        self.culprit = culprit
 
 
 class WorkerCannotRun(LauncherError):

@@ -31,7 +31,7 @@ from ._outcome import (
     TIMED_OUT,
     WORKER_DIED,
     JobOutcome,
-    crash_error,
+    death_error,
     describe_exit,
     failed_outcome,
     report_stopped,
@@ -115,8 +115,8 @@ class FreshProcessPool:
             return outcome
         if returncode is None or timed_out:
             error: Exception = timeout_error(spec)
-        else:
-            error = crash_error(spec, describe_exit(returncode))
+        else:  # its memory watch may have killed it, and said so in its files
+            error = death_error(spec, describe_exit(returncode))
         return failed_outcome(spec, error, started=started, pid=proc.pid, devices=devices)
 
     @staticmethod

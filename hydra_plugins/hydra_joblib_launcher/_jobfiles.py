@@ -3,6 +3,7 @@
     <num>.started    JSON, written as the job's process picks it up (where it runs), and again as
                      its task starts (where it writes and logs): the job started
     <num>.timeout    the job overran its time limit and had its own process killed
+    <num>.memory     JSON: the job went over its memory limit (the limit, the peak it reached)
     <num>.attempts   one line per start, on clusters that re-run a job whose worker died
     <num>.outcome    the pickled JobOutcome, written by a process started for that job alone
                      (or by one that could not keep it in the job's dir, see _durable)
@@ -115,6 +116,23 @@ class JobFiles:
 
     def timed_out(self) -> bool:
         return self._path("timeout").exists()
+
+    # -- memory: the job went over its memory limit and was stopped ---------------------
+    def mark_over_memory(self, limit: int, peak: int) -> None:
+        write_atomically(self._path("memory"), json.dumps({"limit": limit, "peak": peak}).encode())
+
+    def over_memory(self) -> Optional[Dict[str, int]]:
+        """The limit and the peak of a job stopped for its memory, or None."""
+        try:
+            record = json.loads(self._path("memory").read_text())
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
+
+    def forget_attempt(self) -> None:
+        """The job runs again: what its previous attempt left here no longer holds."""
+        for kind in ("started", "timeout", "memory", "attempts", "outcome"):
+            self._path(kind).unlink(missing_ok=True)
 
     # -- attempts: starts on a cluster that re-runs a job whose worker died ------------
     def count_start(self) -> None:

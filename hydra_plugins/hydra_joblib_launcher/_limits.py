@@ -1,4 +1,4 @@
-"""The limits a job runs under: its time limit.
+"""The limits a job runs under: its time limit (its memory: see _memory).
 
 In a process's main thread a SIGALRM raises :class:`JobTimeout` inside the
 task, which Hydra records as the job's failure; the worker survives. Where

@@ -21,16 +21,23 @@ import functools
 import logging
 import os
 import queue
-import re
 import shutil
 import tempfile
 import threading
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 from ._errors import PoolBroken
+from ._loky_workers import (
+    Deaths,
+    died_first,
+    exit_codes,
+    stop_workers_of,
+    worker_pids,
+    worker_processes,
+)
 from ._options import LaunchOptions
-from ._outcome import INTERRUPTED, WORKER_DIED, JobOutcome, describe_exit, report_stopped
+from ._outcome import INTERRUPTED, WORKER_DIED, JobOutcome
 from ._plan import JobSpec
 from ._processes import hangup_blocked, init_worker, process_setup
 from ._run import run_job_spec, warm_worker
@@ -110,12 +117,20 @@ class LokyPool:
             shutil.rmtree(meeting, ignore_errors=True)
 
     def run(self, specs: Sequence[JobSpec]) -> Iterator[JobOutcome]:
-        from joblib import delayed
-        from joblib.externals.loky.process_executor import BrokenProcessPool
-
         _wait_for_warm_up()
         in_flight = self._in_flight
         in_flight.clear()
+        deaths = Deaths(worker_processes)
+        try:
+            yield from self._run(specs, deaths)
+        finally:
+            deaths.close()
+
+    def _run(self, specs: Sequence[JobSpec], deaths: Deaths) -> Iterator[JobOutcome]:
+        from joblib import delayed
+        from joblib.externals.loky.process_executor import BrokenProcessPool
+
+        in_flight = self._in_flight
 
         def tasks() -> Iterator[Any]:
             for spec in specs:
@@ -144,14 +159,18 @@ class LokyPool:
                     in_flight.pop(item.num, None)
                     yield item
                 elif item is _DRAINED:
-                    _last_workers[:] = _worker_pids()
+                    _last_workers[:] = worker_pids()
                     return
                 elif isinstance(item, BrokenProcessPool):
                     # The dead worker's group holds what its job started; loky kills
                     # the other workers (and their children) itself.
-                    _stop_workers_of(list(in_flight.values()), [], WORKER_DIED)
+                    culprit = died_first(list(in_flight.values()), deaths)
+                    stop_workers_of(list(in_flight.values()), [], WORKER_DIED)
                     raise PoolBroken(
-                        str(item), in_flight=frozenset(in_flight), exit_codes=_exit_codes(item)
+                        str(item),
+                        in_flight=frozenset(in_flight),
+                        exit_codes=exit_codes(item),
+                        culprit=culprit,
                     ) from None
                 else:
                     raise item
@@ -162,7 +181,7 @@ class LokyPool:
         Their process groups get SIGTERM, then SIGKILL after a grace period;
         joblib's call, its workers gone, ends, and the executor is shut down.
         """
-        _stop_workers_of(list(self._in_flight.values()), _worker_pids(), INTERRUPTED)
+        stop_workers_of(list(self._in_flight.values()), worker_pids(), INTERRUPTED)
         drain, self._drain = self._drain, None
         if drain is not None:
             drain.join(timeout=DRAIN_WAIT_S)
@@ -186,41 +205,6 @@ def _drain(outputs: Iterator[JobOutcome], results: "queue.Queue[Any]") -> None:
         results.put(error)
     else:
         results.put(_DRAINED)
-
-
-def _worker_pids() -> List[int]:
-    """The processes of joblib's reusable loky executor, if one runs (loky's own table)."""
-    from joblib.externals.loky import reusable_executor
-
-    executor = getattr(reusable_executor, "_executor", None)
-    return list(getattr(executor, "_processes", None) or {})
-
-
-def _stop_workers_of(specs: Iterable[JobSpec], workers: Sequence[int], how: str) -> None:
-    """Stop the process groups of ``workers`` and of the workers ``specs`` started in, at once.
-
-    Each job whose worker's group held more than the worker is told which of its
-    processes were stopped.
-    """
-    started_in = {spec.num: spec.files.worker_pid() for spec in specs}
-    stopped = stop_groups([*workers, *(pid for pid in started_in.values() if pid is not None)])
-    for spec in specs:
-        worker = started_in[spec.num]
-        if worker is not None and worker in stopped:
-            processes = dict(stopped[worker])
-            processes.pop(worker, None)
-            report_stopped(spec, how, processes)
-
-
-def _exit_codes(broken: BaseException) -> str:
-    """The dead workers' exit codes in loky's message, in words when there is one code."""
-    found = re.search(r"exit codes of the workers are (\{[^}]*\})", str(broken))
-    if found is None:
-        return "(exit codes unknown)"
-    codes = {int(code) for code in re.findall(r"\((-?\d+)\)", found.group(1))}
-    if len(codes) != 1:
-        return found.group(1)
-    return f"({found.group(1)}: {describe_exit(codes.pop())})"
 
 
 # Per process: the warm-up started by setup(), joined by the first batch.
@@ -329,7 +313,7 @@ def shutdown_loky() -> None:
     from joblib.externals.loky import reusable_executor
 
     executor = getattr(reusable_executor, "_executor", None)
-    workers = {*_worker_pids(), *_last_workers}
+    workers = {*worker_pids(), *_last_workers}
     if executor is not None:
         executor.shutdown(wait=True, kill_workers=True)
     stop_groups(sorted(workers))

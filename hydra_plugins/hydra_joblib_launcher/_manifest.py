@@ -40,6 +40,9 @@ def record_job(sweep_dir: Path, outcome: JobOutcome, overrides: Sequence[str]) -
         "log_file": outcome.log_file,
         "devices": list(outcome.devices) if outcome.devices is not None else None,
         "config_digest": outcome.config_digest,
+        "max_rss_bytes": outcome.max_rss_bytes,
+        "cpu_s": outcome.cpu_s,
+        "attempts": outcome.attempts,
     }
     if outcome.completed and outcome.return_file:
         record["return_file"] = outcome.return_file

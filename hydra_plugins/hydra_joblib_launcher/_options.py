@@ -11,11 +11,14 @@ from typing import Any, Mapping, Optional, Tuple, Union
 
 from ._errors import LauncherConfigError
 from ._values import (
+    MemoryLimit,
     choice,
     max_nbytes,
+    mem_limit,
     positive_int_text,
     pre_dispatch,
     refuse,
+    retry_on,
     timeout_seconds,
     whole_number,
 )
@@ -44,6 +47,9 @@ class LaunchOptions:
     max_nbytes: Optional[int]
     mmap_mode: Optional[str]
     inner_max_num_threads: Optional[int]
+    mem_limit: Optional[MemoryLimit]
+    retries: int
+    retry_on: Tuple[str, ...]  # of RETRY_CAUSES
     devices: Optional[Tuple[str, ...]]
     devices_per_job: int
     device_env: str
@@ -199,10 +205,10 @@ def _batch_size(value: Any, backend: str) -> Union[int, str]:
     return number
 
 
-def _devices(
-    config: Mapping[str, Any], backend: str
-) -> Tuple[Optional[Tuple[str, ...]], int, str]:
-    per_job = whole_number("devices_per_job", config.get("devices_per_job", 1), "give a positive integer")
+def _devices(config: Mapping[str, Any], backend: str) -> Tuple[Optional[Tuple[str, ...]], int, str]:
+    per_job = whole_number(
+        "devices_per_job", config.get("devices_per_job", 1), "give a positive integer"
+    )
     if per_job < 1:
         raise refuse("devices_per_job", per_job, "give a positive integer")
     env = config.get("device_env", "CUDA_VISIBLE_DEVICES")
@@ -255,10 +261,20 @@ def _inner_max_num_threads(value: Any, backend: str) -> Optional[int]:
     return inner
 
 
-def validate(config: Mapping[str, Any], *, cpu_count: Optional[int] = None) -> LaunchOptions:
+def _retries(value: Any) -> int:
+    retries = whole_number("retries", value, "give a whole number, 0 or more")
+    if retries < 0:
+        raise refuse("retries", retries, "give a whole number, 0 or more")
+    return retries
+
+
+def validate(
+    config: Mapping[str, Any], *, cpu_count: Optional[int] = None, memory: Optional[int] = None
+) -> LaunchOptions:
     """Check the ``hydra.launcher`` node and return the options the launcher runs with.
 
-    ``cpu_count``: this machine's, to check a negative ``n_jobs`` against.
+    ``cpu_count``, ``memory``: this machine's, to check a negative ``n_jobs``
+    and ``mem_limit`` against.
     """
     backend = _backend(config.get("backend", "loky"))
     _maxtasksperchild(config.get("maxtasksperchild"), backend)
@@ -291,6 +307,12 @@ def validate(config: Mapping[str, Any], *, cpu_count: Optional[int] = None) -> L
         max_nbytes=max_nbytes(config.get("max_nbytes")),
         mmap_mode=choice("mmap_mode", config.get("mmap_mode", "r"), MMAP_MODES),
         inner_max_num_threads=inner,
+        mem_limit=mem_limit(
+            config.get("mem_limit"),
+            total=memory if backend in PROCESS_BACKENDS else None,
+        ),
+        retries=_retries(config.get("retries", 0)),
+        retry_on=retry_on(config.get("retry_on", ["crash"])),
         devices=devices,
         devices_per_job=per_job,
         device_env=device_env,

@@ -11,22 +11,23 @@ import logging
 import pickle
 import signal
 import socket
-import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Mapping, Optional, Tuple
 
 from hydra.core.utils import JobReturn, JobStatus
-from omegaconf import DictConfig
 
 from ._errors import (
     JobTimeout,
+    MemoryLimitExceeded,
     RemoteJobError,
     ResultNotLoadable,
     ResultNotSendable,
     WorkerCrashed,
 )
+from ._lazy import LazyConfigs
 from ._plan import JobSpec
+from ._values import show_bytes
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,9 @@ class JobOutcome:
     return_type: Optional[str] = None  # the class of a completed job's return value, for messages
     return_file: Optional[str] = None  # where its process kept the whole JobReturn (_durable)
     config_digest: Optional[str] = None  # of what in its config decides what it does (_digest)
+    max_rss_bytes: Optional[int] = None  # the peak memory of its processes together (_usage)
+    cpu_s: Optional[float] = None  # CPU time of its process and the children it waited for
+    attempts: int = 1  # how many times it started (retries, and a cluster's re-runs)
 
     @property
     def duration_s(self) -> float:
@@ -68,69 +72,6 @@ class JobOutcome:
         if not self.configs:
             return self.payload
         return pickle.dumps(_Parts(self.payload, self.configs), protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def _fields_of(ret: JobReturn) -> Dict[str, Any]:
-    return {f.name: getattr(ret, f.name) for f in dataclasses.fields(JobReturn)}
-
-
-class LazyConfigs(JobReturn):
-    """A JobReturn whose ``cfg`` and ``hydra_cfg`` are unpickled the first time one is read.
-
-    They are most of a result, and sweepers mostly read ``return_value``
-    alone: unpickling them for every job as results arrive took the launching
-    process 1.4 ms a job, CPU the workers need, and kept a whole sweep's
-    configs in memory. It equals a JobReturn of the same fields; copied or
-    pickled, it becomes a plain one.
-    """
-
-    _cfg: Optional[DictConfig]
-    _hydra_cfg: Optional[DictConfig]
-
-    def __init__(
-        self, head: Optional[JobReturn] = None, *, configs: bytes = b"", **fields: Any
-    ) -> None:
-        # ``fields`` instead of ``head``: dataclasses.replace() builds ``type(self)(**fields)``.
-        self._configs = b""
-        self._loading = threading.Lock()  # two threads reading first unpickle once
-        super().__init__(**(_fields_of(head) if head is not None else fields))
-        self._configs = configs
-
-    def _load(self) -> None:
-        with self._loading:
-            configs, self._configs = self._configs, b""
-            if configs:
-                self._cfg, self._hydra_cfg = pickle.loads(configs)
-
-    @property
-    def cfg(self) -> Optional[DictConfig]:
-        self._load()
-        return self._cfg
-
-    @cfg.setter
-    def cfg(self, value: Optional[DictConfig]) -> None:
-        self._load()
-        self._cfg = value
-
-    @property
-    def hydra_cfg(self) -> Optional[DictConfig]:
-        self._load()
-        return self._hydra_cfg
-
-    @hydra_cfg.setter
-    def hydra_cfg(self, value: Optional[DictConfig]) -> None:
-        self._load()
-        self._hydra_cfg = value
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, JobReturn):
-            return NotImplemented
-        return _fields_of(self) == _fields_of(other)
-
-    __hash__ = None  # type: ignore[assignment]  # as JobReturn's
-
-    def __reduce__(self) -> Any:
-        return JobReturn, (), _fields_of(self)
 
 
 class _Parts:
@@ -188,7 +129,21 @@ def failed_outcome(
         error_type=error_type,
         error=text,
         devices=devices,
+        max_rss_bytes=(spec.files.over_memory() or {}).get("peak"),
+        attempts=spec.attempt,
     )
+
+
+def death_error(spec: JobSpec, how: str) -> Exception:
+    """Why the job's process died: its own watch killed it (memory, time), or it crashed (``how``)."""
+    memory = spec.files.over_memory()
+    if memory is not None:
+        return memory_error(
+            spec, limit=int(memory.get("limit", 0)), peak=int(memory.get("peak", 0))
+        )
+    if spec.files.timed_out():
+        return timeout_error(spec)
+    return crash_error(spec, how)
 
 
 def unloadable_outcome(spec: JobSpec, outcome: JobOutcome, error: BaseException) -> JobOutcome:
@@ -247,7 +202,7 @@ def died_too_often(spec: JobSpec, deaths: int) -> WorkerCrashed:
     """A cluster re-ran the job after each death of its worker, until it gave up."""
     return WorkerCrashed(
         f"job #{spec.num} ({spec.shown}) did not finish: the worker process running it "
-        f"died {deaths} times. {LIKELY_CRASH_CAUSES}"
+        f"died {'once' if deaths == 1 else f'{deaths} times'}. {LIKELY_CRASH_CAUSES}"
     )
 
 
@@ -255,7 +210,18 @@ def timeout_error(spec: JobSpec, *, killed: bool = True) -> JobTimeout:
     """The job overran ``hydra.launcher.timeout``: stopped in its task, or its process killed."""
     limit = spec.timeout if spec.timeout is not None else float("nan")
     how = "its process was killed" if killed else "was stopped"
-    return JobTimeout(f"job #{spec.num} ran longer than hydra.launcher.timeout={limit:g}s and {how}")
+    return JobTimeout(
+        f"job #{spec.num} ran longer than hydra.launcher.timeout={limit:g}s and {how}"
+    )
+
+
+def memory_error(spec: JobSpec, *, limit: int, peak: int) -> MemoryLimitExceeded:
+    """The job's processes went over ``hydra.launcher.mem_limit`` together."""
+    return MemoryLimitExceeded(
+        f"job #{spec.num} held {show_bytes(peak)} in its processes, over its memory limit "
+        f"of {show_bytes(limit)} (hydra.launcher.mem_limit), and was stopped; give it a "
+        "higher mem_limit, or run fewer jobs at once (n_jobs)"
+    )
 
 
 def not_sendable(spec: JobSpec, value: Any, error: BaseException) -> ResultNotSendable:
@@ -319,6 +285,7 @@ def cannot_unpickle(error: ImportError) -> str:
 # How a job ended, as the warning about the processes it left running says it.
 ENDED = "ended"
 TIMED_OUT = "ran past its timeout"
+OVER_MEMORY = "went over its memory limit"
 WORKER_DIED = "lost its worker process"
 INTERRUPTED = "was interrupted"
 STOPPED = "was stopped"

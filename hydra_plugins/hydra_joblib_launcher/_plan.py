@@ -27,6 +27,7 @@ from ._jobfiles import JobFiles, read_trusted, write_atomically
 from ._options import LaunchOptions
 from ._pickling import TaskByReference, dumps, task_reference
 from ._processes import ProcessSetup, users_main
+from ._values import MemoryLimit
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class JobSpec:
     context_file: str
     marker_dir: str  # where the job's files live (see JobFiles)
     timeout: Optional[float] = None
+    mem_limit: Optional[MemoryLimit] = None
+    attempt: int = 1  # 2 for its first retry (hydra.launcher.retries), and so on
     device_env: Optional[str] = None  # set when the job is handed devices through this variable
     # On clusters that re-run a job whose worker died (Dask, Ray), the job counts
     # its starts and gives up, FAILED, after this many deaths.
@@ -88,6 +91,7 @@ def plan(
             context_file=str(context_file),
             marker_dir=str(marker_dir),
             timeout=options.timeout,
+            mem_limit=options.mem_limit,
             device_env=options.device_env if options.devices is not None else None,
             sweep_dir=str(sweep_dir) if options.distributed else None,
         )

@@ -14,7 +14,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
-from ._cluster import MAX_WORKER_DEATHS, Cluster, JobTask, missing_extra, n_at_once
+from ._cluster import (
+    Cluster,
+    JobTask,
+    engine_retries,
+    missing_extra,
+    n_at_once,
+    worker_deaths_allowed,
+)
 from ._errors import LauncherError, WorkerCannotRun
 from ._options import LaunchOptions
 from ._outcome import JobOutcome, cannot_unpickle
@@ -177,15 +184,15 @@ def _ray_backend_class() -> Any:
     return StreamingRayBackend
 
 
-def _ray_backend() -> Any:
+def _ray_backend(options: LaunchOptions) -> Any:
     # An actor holds one CPU, so Ray spreads actors over the nodes by their
     # CPUs (zero-CPU actors would all land on one node). An actor that dies (a
     # crash, a job past its timeout) is restarted and its tasks retried: the job
-    # counts the deaths itself and gives up after MAX_WORKER_DEATHS.
+    # counts the deaths itself and gives up after those its retries allow.
     remote_args = {
         "num_cpus": 1,
         "max_restarts": -1,
-        "max_task_retries": MAX_WORKER_DEATHS + 1,
+        "max_task_retries": engine_retries(options),
     }
     return _ray_backend_class()(ray_remote_args=remote_args)
 
@@ -203,9 +210,12 @@ class RayPool:
         from joblib import Parallel, delayed, parallel_config
         from ray.exceptions import RayError
 
-        specs = [replace(spec, max_worker_deaths=MAX_WORKER_DEATHS) for spec in specs]
+        specs = [
+            replace(spec, max_worker_deaths=worker_deaths_allowed(self._options, spec))
+            for spec in specs
+        ]
         n_actors = self._connection.n_actors
-        with parallel_config(backend=_ray_backend()):
+        with parallel_config(backend=_ray_backend(self._options)):
             # A task waits for its actor (round robin): n_workers in flight keeps
             # n_workers jobs running; n_actors is 2 at least (joblib would run a
             # one-actor pool in this process).
@@ -216,9 +226,7 @@ class RayPool:
                 pre_dispatch=self.n_workers,
                 batch_size=1,
             )
-            self._generator = parallel(
-                delayed(JobTask(spec.num))(spec) for spec in specs
-            )
+            self._generator = parallel(delayed(JobTask(spec.num))(spec) for spec in specs)
             try:
                 yield from self._generator
             except WorkerCannotRun as error:

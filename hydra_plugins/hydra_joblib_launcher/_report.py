@@ -19,11 +19,13 @@ from typing import Any, Dict, List, Optional, Sequence
 from ._manifest import MANIFEST, record_job
 from ._outcome import JobOutcome
 from ._plan import JobSpec
+from ._values import show_bytes
 
 log = logging.getLogger(__name__)
 
 LOG_INTERVAL_S = 5.0
 SLOWEST_SHOWN = 3
+LARGEST_SHOWN = 3  # jobs by their peak memory
 FAILURES_SHOWN = 20
 
 
@@ -104,6 +106,11 @@ class Reporter:
                 f"#{outcome.num} : {self._overrides.get(outcome.num, '')} FAILED after "
                 f"{outcome.duration_s:.1f}s: {outcome.error_type}: {outcome.error} (log: {where})"
             )
+        elif outcome.attempts > 1:
+            log.info(
+                f"#{outcome.num} : {self._overrides.get(outcome.num, '')} completed on attempt "
+                f"{outcome.attempts}"
+            )
         record_job(self.sweep_dir, outcome, self._spec_overrides[outcome.num])
         if self._bar is not None:
             c = self.counts()
@@ -128,7 +135,7 @@ class Reporter:
         )
 
     def summary(self) -> None:
-        """Counts by outcome, wall time, failed jobs and the slowest few."""
+        """Counts by outcome, wall time, failed jobs, the slowest few and the largest few."""
         self.close()
         c = self.counts()
         skipped = f" ({self.skipped} more completed before)" if self.skipped else ""
@@ -149,6 +156,13 @@ class Reporter:
                 f"  #{o.num:<4} {_clock(o.duration_s):>7}  {self._overrides.get(o.num, '')}"
                 for o in slowest[:SLOWEST_SHOWN]
                 if o.completed
+            ]
+            measured = [o for o in self.ended.values() if o.max_rss_bytes]
+            largest = sorted(measured, key=lambda o: o.max_rss_bytes or 0, reverse=True)
+            rows += [
+                f"  #{o.num:<4} {show_bytes(o.max_rss_bytes or 0):>7} peak  "
+                f"{self._overrides.get(o.num, '')}"
+                for o in largest[:LARGEST_SHOWN]
             ]
         for row in rows:
             log.info(row)

@@ -5,9 +5,10 @@
       ├─ notes that it started (JobFiles): from now on a death of this process is this job's
       ├─ load_context (once per process) ─▶ Hydra's global state
       ├─ JobTree: what runs below this process before the job (see _tree)
-      ├─ time_limit ─▶ compose the job's config ─▶ hydra.core.utils.run_job(task)
-      │                                            the task first notes where it runs (JobFiles)
+      ├─ memory_watch (its peak; its limit) ─▶ time_limit ─▶ compose the job's config
+      │      ─▶ hydra.core.utils.run_job(task): the task first notes where it runs (JobFiles)
       ├─ the processes the job started and left running: stopped, named in its log
+      ├─ over its memory limit: FAILED (MemoryLimitExceeded), whatever the task did
       └─ JobOutcome: plain data, the JobReturn pickled (its configs apart),
          kept in the job dir (_durable) before it is returned
 
@@ -19,10 +20,8 @@ import dataclasses
 import functools
 import logging
 import os
-import pickle
 import socket
 import time
-import traceback
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -33,24 +32,29 @@ from omegaconf import DictConfig, open_dict
 
 from ._digest import config_view, digest
 from ._durable import forget, keep, recover
-from ._errors import JobTimeout, RemoteJobError
+from ._errors import JobTimeout, MemoryLimitExceeded, RemoteJobError
 from ._jobfiles import append_to_log
 from ._limits import time_limit
+from ._memory import memory_watch
 from ._outcome import (
     ENDED,
+    OVER_MEMORY,
     TIMED_OUT,
     JobOutcome,
-    describe,
+    death_error,
     died_too_often,
     failed_outcome,
-    not_sendable,
+    memory_error,
     stopped_processes,
-    timeout_error,
 )
-from ._pickling import dumps
 from ._plan import JobSpec, SharedContext, load_context
 from ._processes import as_launched, bind_main
-from ._tree import JobTree, become_subreaper
+from ._result import outcome_of
+from ._tree import TERM_GRACE_S, JobTree, become_subreaper
+
+# A job over its memory limit: how long the processes it started get to exit
+# after SIGTERM (memory grows while they take their time).
+MEMORY_STOP_GRACE_S = 0.5
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +73,48 @@ def run_job_spec(spec: JobSpec, *, long_lived: bool = True) -> JobOutcome:
     context = load_context(spec.context_file, long_lived=long_lived)
     setup_globals()
     where_logged: Dict[str, Any] = {}
-    config_digest = None
     become_subreaper()  # what the job's processes leave orphaned stays below this process
     processes = JobProcesses(spec, where_logged)
+    digest_of: Dict[str, str] = {}
+    with memory_watch(
+        spec,
+        processes=processes.tree.processes,
+        stop_processes=lambda: processes.stop(OVER_MEMORY, grace_s=MEMORY_STOP_GRACE_S),
+    ) as usage:
+        try:
+            ret = _run_task(spec, context, processes, where_logged, digest_of)
+        except MemoryLimitExceeded as error:  # raised as the task's own handling ended
+            ret = JobReturn(overrides=list(spec.overrides), status=JobStatus.FAILED)
+            ret._return_value = error
+    ret = _over_memory(spec, ret, where_logged)
+    attempts = spec.attempt + max(spec.files.starts() - 1, 0)  # and the cluster's re-runs
+    if spec.max_worker_deaths is not None:
+        spec.files.forget_starts()
+    outcome = outcome_of(spec, ret, started=started, where_logged=where_logged)
+    outcome = dataclasses.replace(
+        outcome,
+        config_digest=digest_of.get("config"),
+        max_rss_bytes=usage.max_rss_bytes,
+        cpu_s=usage.cpu_s,
+        attempts=attempts,
+    )
+    return keep(spec, outcome)
+
+
+def _run_task(
+    spec: JobSpec,
+    context: SharedContext,
+    processes: "JobProcesses",
+    where_logged: Dict[str, Any],
+    digest_of: Dict[str, str],
+) -> JobReturn:
+    """Hydra's job sequence for ``spec``; a FAILED JobReturn for whatever it raises."""
     ret: Optional[JobReturn] = None
     try:
         task_function = _task_of(context, spec)  # the script's errors fail the job
         with time_limit(spec, before_kill=lambda: processes.stop(TIMED_OUT)):
             config = _sweep_config(context, spec)
-            config_digest = digest(config_view(config))  # before run_job adds run-time facts
+            digest_of["config"] = digest(config_view(config))  # before run_job adds run-time facts
             ret = run_job(
                 hydra_context=context.hydra_context,
                 task_function=_announced(task_function, spec, where_logged),
@@ -102,10 +139,22 @@ def run_job_spec(spec: JobSpec, *, long_lived: bool = True) -> JobOutcome:
     finally:
         timed_out = ret is not None and isinstance(ret._return_value, JobTimeout)
         processes.stop(TIMED_OUT if timed_out else ENDED)
-    if spec.max_worker_deaths is not None:
-        spec.files.forget_starts()
-    outcome = _outcome_of(spec, ret, started=started, where_logged=where_logged)
-    return keep(spec, dataclasses.replace(outcome, config_digest=config_digest))
+    if ret is None:  # cannot be: every way out of the try sets it
+        raise RuntimeError(f"job #{spec.num} ended without a JobReturn")
+    return ret
+
+
+def _over_memory(spec: JobSpec, ret: JobReturn, where_logged: Dict[str, Any]) -> JobReturn:
+    """``ret``, FAILED with MemoryLimitExceeded if the job went over its memory limit (and said so)."""
+    noted = spec.files.over_memory()
+    if noted is None:
+        return ret
+    error = memory_error(spec, limit=int(noted.get("limit", 0)), peak=int(noted.get("peak", 0)))
+    _, log_file = where_logged.get("paths") or (None, None)
+    _warn(str(error), log_file)
+    ret.status = JobStatus.FAILED
+    ret._return_value = error
+    return ret
 
 
 def _task_of(context: SharedContext, spec: JobSpec) -> TaskFunction:
@@ -116,37 +165,6 @@ def _task_of(context: SharedContext, spec: JobSpec) -> TaskFunction:
     task_function = context.task()
     bind_main(task_function)
     return task_function
-
-
-def _outcome_of(
-    spec: JobSpec, ret: JobReturn, *, started: float, where_logged: Dict[str, Any]
-) -> JobOutcome:
-    payload, configs, ret = _pickle_return(ret, spec)
-    output_dir, log_file = where_logged.get("paths") or _log_file(ret.hydra_cfg)
-    error_type = error_text = None
-    if ret.status != JobStatus.COMPLETED:
-        error_type, error_text = describe(ret._return_value)
-    return JobOutcome(
-        num=spec.num,
-        completed=ret.status == JobStatus.COMPLETED,
-        payload=payload,
-        started=started,
-        ended=time.time(),
-        host=socket.gethostname(),
-        pid=os.getpid(),
-        output_dir=output_dir,
-        log_file=log_file,
-        error_type=error_type,
-        error=error_text,
-        devices=_devices(spec),
-        configs=configs,
-        return_type=_type_name(ret._return_value) if error_type is None else None,
-    )
-
-
-def _type_name(value: Any) -> str:
-    cls = type(value)
-    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 class JobProcesses:
@@ -162,9 +180,9 @@ class JobProcesses:
         self._where_logged = where_logged
         running_job[:] = [self]
 
-    def stop(self, how: str) -> None:
+    def stop(self, how: str, *, grace_s: float = TERM_GRACE_S) -> None:
         """Stop what the job left running; say so in the job's log."""
-        stopped = self.tree.stop()  # one caller at a time: a second finds nothing left
+        stopped = self.tree.stop(grace_s)  # one caller at a time: a second finds nothing left
         if stopped:
             _, log_file = self._where_logged.get("paths") or (None, None)
             _warn(stopped_processes(self.spec.num, how, stopped), log_file)
@@ -185,21 +203,27 @@ def stop_running_job(how: str) -> None:
 def _settled_before_start(spec: JobSpec, started: float) -> Optional[JobOutcome]:
     """The outcome of a job re-run by the cluster after it already ended, else None."""
     files = spec.files
-    if spec.timeout is not None and files.timed_out():
-        return keep(
-            spec, failed_outcome(spec, timeout_error(spec), started=started, pid=os.getpid())
-        )
+    if files.over_memory() is not None or (spec.timeout is not None and files.timed_out()):
+        # its own watch killed its process: the cluster runs it again, and it ends here
+        stopped = death_error(spec, "")
+        return keep(spec, failed_outcome(spec, stopped, started=started, pid=os.getpid()))
     if spec.max_worker_deaths is None:
         return None
     ended = recover(spec)  # and its worker died before the cluster had its result
     if ended is not None:
         return ended
     deaths = files.starts()
+    attempt = spec.attempt + deaths
     if deaths >= spec.max_worker_deaths:
         failed = failed_outcome(
             spec, died_too_often(spec, deaths), started=started, pid=os.getpid()
         )
-        return keep(spec, failed)
+        return keep(spec, dataclasses.replace(failed, attempts=attempt - 1))
+    if deaths:
+        files.warn_in_log(
+            f"Job #{spec.num}: its worker process died on attempt {attempt - 1}; the cluster "
+            f"runs it again (attempt {attempt}, hydra.launcher.retries)"
+        )
     files.count_start()
     return None
 
@@ -229,12 +253,6 @@ def _note_started(spec: JobSpec) -> Tuple[Optional[str], Optional[str]]:
         }
     )
     return output_dir, log_file
-
-
-def _devices(spec: JobSpec) -> Optional[Tuple[str, ...]]:
-    if spec.device_env is None or spec.device_env not in os.environ:
-        return None
-    return tuple(os.environ[spec.device_env].split(","))
 
 
 def _announced(
@@ -293,45 +311,6 @@ def _sweep_config(context: SharedContext, spec: JobSpec) -> DictConfig:
         if spec.sweep_dir is not None:
             config.hydra.sweep.dir = spec.sweep_dir
     return config
-
-
-def _log_file(hydra_cfg: Optional[DictConfig]) -> Tuple[Optional[str], Optional[str]]:
-    """The job's output dir and the file its job logging writes to, when Hydra says."""
-    if hydra_cfg is None:
-        return None, None
-    try:
-        output_dir = str(hydra_cfg.hydra.runtime.output_dir)
-        handlers = hydra_cfg.hydra.job_logging.get("handlers") or {}
-        for handler in handlers.values():
-            if "filename" in handler:
-                return output_dir, str(Path(output_dir) / Path(str(handler.filename)).name)
-        return output_dir, None
-    except Exception:  # noqa: BLE001 - a log path is a courtesy, never a failure
-        return None, None
-
-
-def _sendable_error(error: BaseException) -> BaseException:
-    """``error`` if it survives pickling both ways, else a stand-in keeping its text."""
-    try:
-        pickle.loads(dumps(error))
-        return error
-    except Exception:  # noqa: BLE001
-        text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-        return RemoteJobError(f"{type(error).__name__}: {error}\n{text}")
-
-
-def _pickle_return(ret: JobReturn, spec: JobSpec) -> Tuple[bytes, bytes, JobReturn]:
-    """``ret`` without its configs, pickled; its (cfg, hydra_cfg), pickled; and ``ret``."""
-    if ret.status == JobStatus.FAILED:
-        ret._return_value = _sendable_error(ret._return_value)
-    configs = dumps((ret.cfg, ret.hydra_cfg)) if ret.cfg is not None else b""
-    head = dataclasses.replace(ret, cfg=None, hydra_cfg=None) if configs else ret
-    try:
-        return dumps(head), configs, ret
-    except Exception as error:  # noqa: BLE001
-        ret._return_value = head._return_value = not_sendable(spec, ret._return_value, error)
-        ret.status = head.status = JobStatus.FAILED
-        return dumps(head), configs, ret
 
 
 # -- what a long-lived worker runs besides jobs (see also _processes.init_worker) --------

@@ -284,6 +284,9 @@ class JobTree:
         exempt = self._before | _helpers()
         return [p for p in descendants(self._pid) if p.pid not in exempt]
 
+    def processes(self) -> List[int]:  # those the job started that still run
+        return [p.pid for p in self._new() if p.running]
+
     def stop(self, grace_s: float = TERM_GRACE_S) -> Dict[int, str]:
         """Stop what the job left running; the pids and names of the processes stopped."""
         with self._lock:

@@ -5,13 +5,19 @@ naming the key, the value and what is allowed.
 """
 
 import re
-from typing import Any, Optional, Tuple, Union
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence, Tuple, Union
 
 from ._errors import LauncherConfigError
 
 _NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
 _PRE_DISPATCH = re.compile(rf"^\s*(?:{_NUMBER}\s*\*\s*)?n_jobs(?:\s*\*\s*{_NUMBER})?\s*$")
 _NBYTES = re.compile(rf"^\s*{_NUMBER}\s*([KMG]?)\s*$", re.IGNORECASE)
+_SIZE = re.compile(rf"^\s*{_NUMBER}\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
+
+# A job's process with Python, Hydra and joblib loaded holds about 60 MB.
+MIN_MEM_LIMIT = 100 * 1000**2
+RETRY_CAUSES = ("crash", "timeout", "memory")
 
 
 def refuse(key: str, value: Any, allowed: str, hint: str = "") -> LauncherConfigError:
@@ -96,3 +102,103 @@ def choice(key: str, value: Any, choices: Tuple[Optional[str], ...]) -> Any:
         shown = ", ".join("null" if c is None else c for c in choices)
         raise refuse(key, value, f"choose one of: {shown}")
     return value
+
+
+@dataclass(frozen=True)
+class MemoryLimit:
+    """What a job's processes may hold together: a size, or a share of the memory of the machine it runs on."""
+
+    nbytes: Optional[int] = None
+    share: Optional[float] = None
+
+    def on(self, total: int) -> int:
+        """The limit in bytes on a machine with ``total`` bytes of memory."""
+        return self.nbytes if self.nbytes is not None else int(total * (self.share or 1.0))
+
+    def __str__(self) -> str:
+        if self.nbytes is not None:
+            return show_bytes(self.nbytes)
+        return f"{self.share:g} of the machine's memory"
+
+
+def show_bytes(nbytes: float) -> str:
+    """A size as people read it: 300 MB, 1.5 GB (powers of 1000, as the limit is written)."""
+    for unit, scale in (("GB", 1000**3), ("MB", 1000**2), ("kB", 1000)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.3g} {unit}"
+    return f"{int(nbytes)} B"
+
+
+def mem_limit(value: Any, *, total: Optional[int]) -> Optional[MemoryLimit]:
+    """``hydra.launcher.mem_limit``: bytes, a size ("8GB", "500MB", "2GiB"), a share ("0.25"), or null.
+
+    ``total``: this machine's memory, when jobs run on it (else the workers' is unknown here).
+    """
+    if value is None:
+        return None
+    allowed = (
+        'give a size such as "8GB", "500MB" or "2GiB" (or bytes), a share of the machine\'s '
+        'memory such as "0.25", or null for no limit'
+    )
+    limit = _memory_limit(value)
+    if limit is None:
+        raise refuse("mem_limit", value, allowed)
+    nbytes = limit.on(total) if total is not None else limit.nbytes
+    if nbytes is not None and nbytes < MIN_MEM_LIMIT:
+        raise refuse(
+            "mem_limit",
+            value,
+            f"that is {show_bytes(nbytes)}, and a job's process with Python and Hydra loaded "
+            f"already holds about 60 MB: give at least {show_bytes(MIN_MEM_LIMIT)}",
+        )
+    if total is not None and nbytes is not None and nbytes > total:
+        raise refuse(
+            "mem_limit",
+            value,
+            f"that is more than this machine's memory ({show_bytes(total)}): give less, "
+            'or a share such as "0.5"',
+        )
+    return limit
+
+
+def _memory_limit(value: Any) -> Optional[MemoryLimit]:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    try:
+        number = float(text)
+    except ValueError:
+        number = None
+    if number is not None:
+        if 0 < number <= 1:
+            return MemoryLimit(share=number)
+        if number > 1 and number == int(number):
+            return MemoryLimit(nbytes=int(number))
+        return None
+    match = _SIZE.match(text)
+    if match is None or (not match.group(2) and not match.group(3)):
+        return None
+    unit = match.group(2).upper()
+    # "MB" counts in thousands, "MiB" and a bare "M" (as max_nbytes) in 1024s.
+    binary = bool(match.group(3) and match.group(3).lower() == "ib") or not match.group(3)
+    base = 1024 if binary else 1000
+    power = " KMGT".index(unit) if unit else 0
+    nbytes = int(float(match.group(1)) * base**power)
+    return MemoryLimit(nbytes=nbytes) if nbytes > 0 else None
+
+
+def retry_on(value: Any) -> Tuple[str, ...]:
+    """``hydra.launcher.retry_on``: which of crash, timeout, memory make a job run again."""
+    allowed = f"give a list of: {', '.join(RETRY_CAUSES)} (for example [crash,memory])"
+    words: Sequence[Any] = [value] if isinstance(value, str) else value
+    if words is None or not hasattr(words, "__iter__"):
+        raise refuse("retry_on", value, allowed)
+    words = list(words)
+    unknown = [w for w in words if w not in RETRY_CAUSES]
+    if unknown:
+        raise refuse("retry_on", words, allowed, f"{unknown[0]!r} is not one of them")
+    return tuple(cause for cause in RETRY_CAUSES if cause in words)

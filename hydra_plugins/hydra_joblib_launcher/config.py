@@ -56,6 +56,12 @@ class JobLibLauncherConf:
     mmap_mode: Optional[str] = "r"
     # threads each worker's native pools (OpenMP, BLAS) may use; null: the library default
     inner_max_num_threads: Optional[int] = None
+    # memory one job's processes may hold together ("8GB", "500MB", bytes, or "0.25": a share of the machine's); null: no limit
+    mem_limit: Optional[str] = None
+    # times a job runs again after its process died, or after a limit named in retry_on stopped it
+    retries: int = 0
+    # what may make a job run again: crash, timeout, memory (a job that raised never runs again)
+    retry_on: List[str] = field(default_factory=lambda: ["crash"])
     # upstream's key for backend=multiprocessing, where every job has a fresh process: 1 or null
     maxtasksperchild: Optional[int] = None
 

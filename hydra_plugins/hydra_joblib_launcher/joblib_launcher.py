@@ -55,8 +55,11 @@ class JoblibLauncher(Launcher):
 
         from ._options import validate
         from ._pools import warm_up
+        from ._usage import machine_memory
 
-        self.options = validate(_plain(self.params), cpu_count=cpu_count())
+        self.options = validate(
+            _plain(self.params), cpu_count=cpu_count(), memory=machine_memory()
+        )
         self.config = config
         self.hydra_context = hydra_context
         self.task_function = task_function
@@ -260,7 +263,7 @@ def _run(
     """Run ``specs`` under supervision, reporting as they end; their JobReturns by number."""
     from ._pools import open_pools
     from ._report import Reporter
-    from ._supervisor import supervise
+    from ._supervisor import Retries, supervise
 
     # The pools first: an error opening them leaves no reporter thread ticking.
     pools = open_pools(options, n_workers=n_workers) if specs else None
@@ -269,7 +272,8 @@ def _run(
     )
     returns: Dict[int, JobReturn] = {}
     if pools is not None:
-        returns = supervise(specs, pools=pools, report=reporter)
+        retries = Retries(options.retries, options.retry_on)
+        returns = supervise(specs, pools=pools, report=reporter, retries=retries)
     reporter.summary()
     return returns
 
