@@ -15,12 +15,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 APP = Path(__file__).parent / "apps" / "bench_app.py"
 
 
-def run_once(python: str, jobs: int, progress: str, workdir: Path) -> float:
+def run_once(python: str, jobs: int, overrides: Sequence[str], workdir: Path) -> float:
+    """Wall time of one sweep of ``jobs`` trivial jobs with this launcher and ``overrides``."""
     sweep = Path(tempfile.mkdtemp(dir=workdir))
     started = time.perf_counter()
     subprocess.run(
@@ -32,7 +33,7 @@ def run_once(python: str, jobs: int, progress: str, workdir: Path) -> float:
             "work=trivial",
             "hydra/launcher=joblib",
             "hydra.launcher.n_jobs=2",
-            f"hydra.launcher.progress={progress}",
+            *overrides,
             f"hydra.sweep.dir={sweep}",
         ],
         check=True,
@@ -42,24 +43,42 @@ def run_once(python: str, jobs: int, progress: str, workdir: Path) -> float:
     return time.perf_counter() - started
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def compare(
+    python: str, jobs: int, reps: int, variants: Dict[str, Sequence[str]]
+) -> Dict[str, float]:
+    """The median wall time of each variant's sweep, run in turns (the order alternates by rep)."""
+    times: Dict[str, List[float]] = {name: [] for name in variants}
+    names = list(variants)
+    with tempfile.TemporaryDirectory() as workdir:
+        for rep in range(reps):
+            for name in names if rep % 2 == 0 else names[::-1]:
+                seconds = run_once(python, jobs, variants[name], Path(workdir))
+                times[name].append(seconds)
+                print(f"rep {rep + 1}: {name:<16} {seconds:7.2f} s", flush=True)
+    print(f"{jobs} trivial jobs, n_jobs=2, median of {reps}:")
+    medians = {name: statistics.median(seconds) for name, seconds in times.items()}
+    for name, median in medians.items():
+        print(f"  {name:<16} {median:7.2f} s")
+    return medians
+
+
+def arguments(doc: str) -> argparse.Namespace:
+    """--jobs, --reps and --python, as every overhead benchmark takes them."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--python", default=sys.executable)
-    args = parser.parse_args()
-    times: Dict[str, List[float]] = {"log": [], "none": []}
-    with tempfile.TemporaryDirectory() as workdir:
-        for rep in range(args.reps):
-            for progress in ("log", "none") if rep % 2 == 0 else ("none", "log"):
-                seconds = run_once(args.python, args.jobs, progress, Path(workdir))
-                times[progress].append(seconds)
-                print(f"rep {rep + 1}: progress={progress:<4} {seconds:7.2f} s", flush=True)
-    on, off = statistics.median(times["log"]), statistics.median(times["none"])
-    print(f"{args.jobs} trivial jobs, n_jobs=2, median of {args.reps}:")
-    print(f"  progress=log  {on:7.2f} s")
-    print(f"  progress=none {off:7.2f} s")
-    print(f"  ratio {on / off:.3f}")
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = arguments(__doc__)
+    variants = {
+        "progress=log": ["hydra.launcher.progress=log"],
+        "progress=none": ["hydra.launcher.progress=none"],
+    }
+    medians = compare(args.python, args.jobs, args.reps, variants)
+    print(f"  ratio {medians['progress=log'] / medians['progress=none']:.3f}")
     return 0
 
 
