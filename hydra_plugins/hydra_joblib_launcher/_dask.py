@@ -18,6 +18,7 @@ from typing import Any, Dict, FrozenSet, Iterator, Optional, Sequence, Set
 
 from ._cluster import MAX_WORKER_DEATHS, JobTask, job_of_task, stop_jobs_of
 from ._dask_cluster import ONE_THREAD, DaskConnection, check_threads, close_dask
+from ._dask_devices import GPU
 from ._errors import LauncherError, PoolBroken, WorkerCannotRun
 from ._options import LaunchOptions
 from ._outcome import JobOutcome, cannot_unpickle
@@ -194,7 +195,11 @@ class DaskPool:
                 dispatched.add(spec.num)
                 yield delayed(JobTask(spec.num, check=refuse_threaded_worker))(spec)
 
-        backend = _dask_backend_class()(client=client)
+        gpus = self._options.gpus_per_job
+        # gpus_per_job: each task waits for a worker offering the resource GPU (joblib
+        # passes the backend's further keywords to every Client.submit).
+        resources = {"resources": {GPU: gpus}} if gpus is not None else {}
+        backend = _dask_backend_class()(client=client, **resources)
         stop_watch = threading.Event()
         watch = threading.Thread(
             target=_watch_workers,
