@@ -2,14 +2,14 @@
 workers each hold their own ids, and a scheduler reached by address hands each job a worker
 offering the resource GPU. Real schedulers and workers on loopback, started by the tests."""
 
+import json
 import re
-import sys
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from conftest import APPS, assert_clear_error, jobs, run_app
+from conftest import APPS, Run, assert_clear_error, jobs, run_app
 from test_dask import DaskCluster, Processes
 from test_devices import CUDA, DeviceSweep, assert_pool_kept, device_sweep, ids
 
@@ -77,3 +77,84 @@ def test_embedded_cluster_two_devices_per_job(tmp_path: Path) -> None:
     assert "at most 2 jobs at once" in sweep.run.stdout
     assert_pool_kept(sweep.seen, ["0", "1", "2", "3"], per_job=2)
     assert {job["env"][CUDA] for job in sweep.seen} <= {"0,1", "2,3"}
+
+
+# -- a scheduler reached by address: gpus_per_job asks for the worker resource GPU --------------
+
+APP = APPS / "devices.py"
+
+
+def gpu_worker(cluster: DaskCluster, *options: str, cuda: str) -> None:
+    """A worker started as a GPU host starts one: its own CUDA_VISIBLE_DEVICES, and the app's
+    modules importable (tests/apps)."""
+    cluster.add_worker(*options, prefix=("env", f"{CUDA}={cuda}", f"PYTHONPATH={APPS}"))
+
+
+@pytest.fixture(scope="module")
+def gpu_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskCluster]:
+    """A scheduler, two workers offering GPU=1 (ids gpu-0 and gpu-1), one offering none."""
+    procs = Processes(tmp_path_factory.mktemp("dask-gpu-logs"))
+    try:
+        cluster = DaskCluster(procs)
+        gpu_worker(cluster, "--resources", "GPU=1", cuda="gpu-0")
+        gpu_worker(cluster, "--resources", "GPU=1", cuda="gpu-1")
+        gpu_worker(cluster, cuda="cpu-only")
+        yield cluster
+    finally:
+        procs.stop()
+
+
+def gpu_sweep(address: str, tmp_path: Path, n: int, *extra: str) -> Run:
+    return run_app(
+        APP,
+        [
+            "-m",
+            "hydra/launcher=joblib",
+            "hydra.launcher.backend=dask",
+            f"hydra.launcher.dask.address={address}",
+            "hydra.launcher.progress=none",
+            "hydra.sweep.dir=sweep",
+            f"+i=range({n})",
+            *extra,
+        ],
+        cwd=tmp_path,
+        env={CUDA: "launcher"},
+    )
+
+
+def test_gpus_per_job_runs_each_job_on_a_worker_offering_a_gpu(
+    gpu_cluster: DaskCluster, tmp_path: Path
+) -> None:
+    run = gpu_sweep(gpu_cluster.address, tmp_path, 6, "hydra.launcher.gpus_per_job=1", "+work=0.5")
+
+    assert run.returncode == 0, run.output
+    assert f"on Dask scheduler {gpu_cluster.address} (2 workers, 2 jobs at once)" in run.output
+    assert "GPUs: each job asks the cluster for 1" in run.output
+    records = jobs(tmp_path / "sweep")
+    assert [record["status"] for record in records] == ["COMPLETED"] * 6
+    # every job ran on a GPU worker (never the one without the resource), and saw its id
+    assert {tuple(record["devices"]) for record in records} <= {("gpu-0",), ("gpu-1",)}
+    seen = [json.loads((tmp_path / "sweep" / str(i) / "seen.json").read_text()) for i in range(6)]
+    assert_pool_kept(seen, ["gpu-0", "gpu-1"], per_job=1)
+    for record in records:
+        log = Path(record["log_file"]).read_text()
+        assert f"{CUDA}={record['devices'][0]}" in log, log
+
+
+def test_a_cluster_without_the_gpu_resource_is_one_clear_error(tmp_path: Path) -> None:
+    procs = Processes(tmp_path)
+    try:
+        cluster = DaskCluster(procs)
+        gpu_worker(cluster, cuda="cpu-only")
+        run = gpu_sweep(cluster.address, tmp_path, 2, "hydra.launcher.gpus_per_job=1")
+    finally:
+        procs.stop()
+    assert_clear_error(
+        run,
+        "hydra.launcher.gpus_per_job=1 asks each job for the worker resource GPU=1, and no "
+        f"worker of the Dask scheduler at {cluster.address} offers it",
+        "--resources GPU=1",
+    )
+    assert run.seconds < 60
+    assert not (tmp_path / "sweep" / "jobs.jsonl").exists()  # no job started
+    assert not (tmp_path / "sweep" / "0").exists()

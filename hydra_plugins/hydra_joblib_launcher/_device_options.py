@@ -110,8 +110,8 @@ def _gpus_per_job(value: Any, *, backend: str, address: Optional[str]) -> Option
         raise refuse(
             "gpus_per_job",
             value,
-            f"it asks a cluster's scheduler for GPUs (backend=dask or ray with an address); "
-            f"on this machine give the ids: hydra.launcher.devices=auto (or [0,1,...])",
+            "it asks a cluster's scheduler for GPUs (backend=dask or ray with an address); "
+            "on this machine give the ids: hydra.launcher.devices=auto (or [0,1,...])",
         )
     if address is None:
         raise refuse(
