@@ -79,6 +79,33 @@ def test_embedded_cluster_two_devices_per_job(tmp_path: Path) -> None:
     assert {job["env"][CUDA] for job in sweep.seen} <= {"0,1", "2,3"}
 
 
+def test_a_job_that_kills_its_worker_fails_alone_and_the_ids_stay_in_place(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("distributed")
+    sweep = device_sweep(
+        "dask",
+        tmp_path / "sweep",
+        6,
+        "[GPU-a,GPU-b]",
+        "hydra.launcher.n_jobs=2",
+        "+work=0.5",
+        "+crash=1",  # job #1 kills its worker process (os._exit) each time it runs
+    )
+    assert sweep.run.returncode != 0
+    assert sweep.manifest[1]["status"] == "FAILED", sweep.manifest[1]
+    assert sweep.manifest[1]["error_type"] == "WorkerCrashed", sweep.manifest[1]
+    others = [job for job in sweep.seen if job["num"] != 1]
+    assert all(sweep.manifest[job["num"]]["status"] == "COMPLETED" for job in others)
+    assert_pool_kept(sweep.seen, ["GPU-a", "GPU-b"], per_job=1)
+    # jobs after the crash ran on the workers the nannies spawned again, with the ids in
+    # place from the start of their process, as the first processes had them
+    crashed = sweep.seen[1]
+    assert [job for job in others if job["started"] > crashed["ended"]], sweep.seen
+    for job in sweep.seen:
+        assert job["at_import"][CUDA] == job["env"][CUDA], job
+
+
 # -- a scheduler reached by address: gpus_per_job asks for the worker resource GPU --------------
 
 APP = APPS / "devices.py"

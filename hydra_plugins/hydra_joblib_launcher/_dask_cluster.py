@@ -111,8 +111,12 @@ def _start_local_cluster(options: LaunchOptions, n_workers: int) -> DaskConnecti
         )
     client = distributed.Client(local, security=local.security, set_as_default=False)
     if options.devices is not None:
-        add_device_workers(local, options, n_workers)
-        client.wait_for_workers(n_workers, timeout=options.dask.connect_timeout)
+        try:
+            add_device_workers(local, client, options=options, n_workers=n_workers)
+        except LauncherError:
+            client.close()
+            local.close()
+            raise
     cluster = Cluster("dask", local.scheduler_address, n_workers, n_workers, True)
     return DaskConnection(client, local, cluster)
 

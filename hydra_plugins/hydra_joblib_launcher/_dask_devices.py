@@ -73,8 +73,9 @@ def device_nanny_class() -> Any:
     return DeviceNanny
 
 
-def add_device_workers(local: Any, options: LaunchOptions, n_workers: int) -> None:
-    """Start ``n_workers`` workers on ``local`` (made with none), each holding its own ids."""
+def add_device_workers(local: Any, client: Any, *, options: LaunchOptions, n_workers: int) -> None:
+    """Start ``n_workers`` workers on ``local`` (made with none), each holding its own ids;
+    return once they are all up."""
     base = dict(local.new_spec["options"])
     nanny = device_nanny_class()
     specs = {}
@@ -84,6 +85,17 @@ def add_device_workers(local: Any, options: LaunchOptions, n_workers: int) -> No
         specs[name] = {"cls": nanny, "options": {**base, "name": name, "device_env": env}}
     local.worker_spec.update(specs)
     local.scale(len(local.worker_spec))  # starts those specs (no new ones: as many as asked)
+    timeout = options.dask.connect_timeout
+    try:
+        client.wait_for_workers(n_workers, timeout=timeout)
+    except Exception:  # noqa: BLE001 - a timeout, in whatever type this version raises
+        up = len(client.nthreads())
+        raise LauncherError(
+            f"The embedded Dask cluster started {up} of its {n_workers} device workers within "
+            f"hydra.launcher.dask.connect_timeout={timeout:g}s (they start one after another, "
+            f"each with its ids in {options.device_env}). Raise dask.connect_timeout on a "
+            f"loaded machine; the workers' errors, if any, are in the log above."
+        ) from None
 
 
 def gpu_workers(client: Any, per_job: float) -> List[str]:
