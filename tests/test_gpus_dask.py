@@ -185,3 +185,18 @@ def test_a_cluster_without_the_gpu_resource_is_one_clear_error(tmp_path: Path) -
     assert run.seconds < 60
     assert not (tmp_path / "sweep" / "jobs.jsonl").exists()  # no job started
     assert not (tmp_path / "sweep" / "0").exists()
+
+
+def test_env_set_of_the_device_variable_is_refused_with_gpus_per_job(tmp_path: Path) -> None:
+    run = gpu_sweep(
+        "tcp://127.0.0.1:1",  # never reached: refused before the cluster is
+        tmp_path,
+        2,
+        "hydra.launcher.gpus_per_job=1",
+        f"+hydra.job.env_set.{CUDA}=0",
+    )
+    assert_clear_error(
+        run,
+        f"hydra.job.env_set.{CUDA}='0' would replace the device ids "
+        "hydra.launcher.gpus_per_job gives each job",
+    )

@@ -187,11 +187,12 @@ def _completed_before(
 
 def _refuse_device_override(options: "LaunchOptions", config: DictConfig) -> None:
     env_set = config.hydra.job.get("env_set") or {}
-    if options.devices is not None and options.device_env in env_set:
+    if options.gives_gpus and options.device_env in env_set:
+        key = "devices" if options.gpus_per_job is None else "gpus_per_job"
         raise LauncherConfigError(
             f"hydra.job.env_set.{options.device_env}={env_set[options.device_env]!r} would "
-            f"replace the device ids hydra.launcher.devices hands each job, so two jobs could "
-            f"share a device; remove it, or remove hydra.launcher.devices"
+            f"replace the device ids hydra.launcher.{key} gives each job, so two jobs could "
+            f"share a device; remove it, or remove hydra.launcher.{key}"
         )
 
 
