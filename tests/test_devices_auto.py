@@ -96,7 +96,7 @@ def test_auto_hands_out_the_gpus_and_mig_devices_nvidia_smi_lists(tmp_path: Path
         "at most 4 jobs at once" in run.stdout
     ), run.stdout
     jobs = seen(tmp_path, 6)
-    assert_pool_kept(jobs, NVIDIA_IDS, per_job=1)  # type: ignore[arg-type]
+    assert_pool_kept(jobs, NVIDIA_IDS, per_job=1)
     records = [
         json.loads(line) for line in (tmp_path / "sweep" / "jobs.jsonl").read_text().splitlines()
     ]

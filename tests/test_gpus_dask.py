@@ -5,7 +5,7 @@ offering the resource GPU. Real schedulers and workers on loopback, started by t
 import json
 import re
 from pathlib import Path
-from typing import Iterator
+from typing import Dict, Iterator
 
 import pytest
 
@@ -44,7 +44,7 @@ def test_embedded_cluster_one_worker_per_device_each_job_sees_only_its_own(
     jobs_seen = embedded.seen
     assert_pool_kept(jobs_seen, IDS, per_job=1)  # never shared at once, at most 3 at once
     assert {ids(job)[0] for job in jobs_seen} == set(IDS)
-    by_pid = {}
+    by_pid: Dict[int, str] = {}
     for job in jobs_seen:
         # a worker process keeps its ids: the same pid always saw the same id
         assert by_pid.setdefault(job["pid"], job["env"][CUDA]) == job["env"][CUDA], jobs_seen

@@ -52,7 +52,8 @@ def device_nanny_class() -> Any:
         """
 
         def __init__(self, *args: Any, device_env: Dict[str, str], **kwargs: Any) -> None:
-            super().__init__(*args, env=device_env, **kwargs)
+            kwargs["env"] = {**(kwargs.get("env") or {}), **device_env}
+            super().__init__(*args, **kwargs)
             self.device_env = dict(device_env)
             self.pre_spawn_env = {**self.pre_spawn_env, **self.device_env}
 
