@@ -47,6 +47,12 @@ CASES = [
         "devices=[0] holds 1 device id(s), but hydra.launcher.devices_per_job=2",
         "list more devices or lower devices_per_job",
     ),
+    (["gpus_per_job=1"], "gpus_per_job=1.0", "hydra.launcher.devices=auto"),
+    (
+        ["backend=dask", "dask.address=tcp://127.0.0.1:1", "devices=[0]"],
+        "devices=[0]",
+        "use hydra.launcher.gpus_per_job=1",
+    ),
     (["progress=fancy"], "progress='fancy'", "choose one of: auto, bar, log, none"),
     (["mmap_mode=x"], "mmap_mode='x'", "choose one of: null, r, r+, w+, c"),
 ]

@@ -246,6 +246,7 @@ def test_a_job_that_keeps_killing_its_worker_fails_alone(
         ],
         cwd=tmp_path,
     )
+    assert (tmp_path / "sweep" / "jobs.jsonl").exists(), run.output
     status = {job["num"]: job["status"] for job in jobs(tmp_path / "sweep")}
     assert status == {
         0: "COMPLETED",

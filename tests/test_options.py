@@ -7,7 +7,7 @@ handed.
 
 import pickle
 from dataclasses import FrozenInstanceError, asdict
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import pytest
 from joblib._utils import eval_expr
@@ -370,3 +370,63 @@ def test_a_mem_limit_that_is_no_size_is_refused(value: object) -> None:
 def test_retry_on_words_are_kept_in_a_fixed_order() -> None:
     assert validate({"retry_on": ["memory", "crash"]}).retry_on == ("crash", "memory")
     assert validate({"retry_on": []}).retry_on == ()
+
+
+# -- GPUs: devices on machines the launcher starts, gpus_per_job on clusters with an address ----
+
+
+@pytest.mark.parametrize("backend", ["loky", "multiprocessing", "dask", "ray"])
+def test_devices_list_or_auto_on_workers_the_launcher_starts(backend: str) -> None:
+    assert validate({"backend": backend, "devices": [0, 1]}).devices == ("0", "1")
+    auto = validate({"backend": backend, "devices": "auto"})
+    assert auto.devices is None and auto.devices_auto and auto.gives_gpus
+
+
+@pytest.mark.parametrize(
+    "config, texts",
+    [
+        (
+            {"backend": "dask", "dask": {"address": "tcp://h:8786"}, "devices": [0]},
+            ["hydra.launcher.devices=[0]", "use hydra.launcher.gpus_per_job=1"],
+        ),
+        (
+            {"backend": "ray", "ray": {"address": "h:6379"}, "devices": "auto"},
+            ["hydra.launcher.devices='auto'", "use hydra.launcher.gpus_per_job=1"],
+        ),
+        ({"gpus_per_job": 1}, ["hydra.launcher.gpus_per_job=1", "devices=auto"]),
+        (
+            {"backend": "dask", "gpus_per_job": 1},
+            ["backend=dask without dask.address starts its workers here", "devices=auto"],
+        ),
+        (
+            {"backend": "dask", "dask": {"address": "tcp://h:8786"}, "gpus_per_job": 0.5},
+            ["Dask gives each job whole GPUs"],
+        ),
+        (
+            {"backend": "ray", "ray": {"address": "h:6379"}, "gpus_per_job": -1},
+            ["give a positive number of GPUs"],
+        ),
+        (
+            {"backend": "ray", "ray": {"address": "h:6379"}, "gpus_per_job": 1, "devices": [0]},
+            ["give either devices", "not both"],
+        ),
+        (
+            {"backend": "ray", "devices": [0], "device_env": "HIP_VISIBLE_DEVICES"},
+            ["hydra.launcher.device_env='HIP_VISIBLE_DEVICES'", "CUDA_VISIBLE_DEVICES (Ray sets it)"],
+        ),
+        (
+            {"backend": "ray", "devices": [0, 1], "ray": {"init": {"num_gpus": 4}}},
+            ["hydra.launcher.ray.init.num_gpus=4", "remove num_gpus"],
+        ),
+    ],
+)
+def test_gpu_keys_refused_where_they_cannot_hold(config: Dict[str, Any], texts: List[str]) -> None:
+    message = refused(config)
+    for text in texts:
+        assert text in message
+
+
+@pytest.mark.parametrize("backend, address", [("dask", "tcp://h:8786"), ("ray", "auto")])
+def test_gpus_per_job_on_a_cluster_with_an_address(backend: str, address: str) -> None:
+    options = validate({"backend": backend, backend: {"address": address}, "gpus_per_job": 1.0})
+    assert options.gpus_per_job == 1 and options.devices is None and options.gives_gpus

@@ -12,9 +12,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 from conftest import APPS, REPO, alive, assert_clear_error, free_port, jobs, run_app
@@ -43,6 +44,15 @@ class RayHead:
 @pytest.fixture(scope="module")
 def ray_head(ray_env: Dict[str, str]) -> Iterator[RayHead]:
     """``ray start --head --block`` on 127.0.0.1, 2 CPUs; SIGTERM to it stops what it started."""
+    with start_ray_head(ray_env) as head:
+        yield head
+
+
+@contextmanager
+def start_ray_head(
+    ray_env: Dict[str, str], *options: str, env: Optional[Dict[str, str]] = None
+) -> Iterator[RayHead]:
+    """A Ray head on 127.0.0.1 with 2 CPUs (and ``options``), stopped on leaving."""
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths must stay short
     log = Path(temp_dir) / "head.log"
     port = free_port()
@@ -78,10 +88,11 @@ def ray_head(ray_env: Dict[str, str]) -> Iterator[RayHead]:
                 "--temp-dir",
                 temp_dir,
                 *ports,
+                *options,
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **ray_env},
+            env={**os.environ, **ray_env, **(env or {})},
             start_new_session=True,
         )
     try:

@@ -18,6 +18,7 @@ from typing import Any, Dict, FrozenSet, Iterator, Optional, Sequence, Set
 
 from ._cluster import JobTask, job_of_task, stop_jobs_of, worker_deaths_allowed
 from ._dask_cluster import ONE_THREAD, DaskConnection, check_threads, close_dask
+from ._dask_devices import GPU, gpu_workers
 from ._errors import LauncherError, PoolBroken, WorkerCannotRun
 from ._options import LaunchOptions
 from ._outcome import JobOutcome, cannot_unpickle
@@ -114,17 +115,24 @@ class _NoWorkers(LauncherError):
 
 
 def _watch_workers(
-    client: Any, backend: Any, address: str, limit: float, stop: threading.Event
+    client: Any,
+    backend: Any,
+    address: str,
+    limit: float,
+    stop: threading.Event,
+    gpus: Optional[float] = None,
 ) -> None:
     """Fail the waiting tasks if the cluster keeps no worker for ``limit`` seconds.
 
     Workers that cannot unpickle a task (the launcher is not installed there)
-    leave the cluster; with none left the tasks would wait for ever.
+    leave the cluster; with none left the tasks would wait for ever. With
+    ``gpus`` (gpus_per_job), only workers offering that many GPUs count.
     """
     since: Optional[float] = None
+    what = "worker" if gpus is None else f"worker offering {GPU}={gpus:g}"
     while not stop.wait(0.5):
         try:
-            workers = len(client.nthreads())
+            workers = len(client.nthreads() if gpus is None else gpu_workers(client, gpus))
         except Exception:  # noqa: BLE001 - the scheduler is unreachable: no worker either
             workers = 0
         if workers:
@@ -134,7 +142,7 @@ def _watch_workers(
         if time.monotonic() - since >= limit:
             backend.fail_pending(
                 _NoWorkers(
-                    f"The Dask cluster at {address} has had no worker for {limit:g}s "
+                    f"The Dask cluster at {address} has had no {what} for {limit:g}s "
                     f"(hydra.launcher.dask.connect_timeout) while jobs were waiting: its workers "
                     f"left or died. A worker that cannot unpickle a task (this launcher or the "
                     f"app not installed in its Python environment) leaves the cluster: see the "
@@ -197,7 +205,11 @@ class DaskPool:
                 dispatched.add(spec.num)
                 yield delayed(JobTask(spec.num, check=refuse_threaded_worker))(spec)
 
-        backend = _dask_backend_class()(client=client)
+        gpus = self._options.gpus_per_job
+        # gpus_per_job: each task waits for a worker offering the resource GPU (joblib
+        # passes the backend's further keywords to every Client.submit).
+        resources = {"resources": {GPU: gpus}} if gpus is not None else {}
+        backend = _dask_backend_class()(client=client, **resources)
         stop_watch = threading.Event()
         watch = threading.Thread(
             target=_watch_workers,
@@ -207,6 +219,7 @@ class DaskPool:
                 self._connection.cluster.address,
                 self._options.dask.connect_timeout,
                 stop_watch,
+                gpus,
             ),
             name="dask-worker-watch",
             daemon=True,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Dict, Tuple
 
 from ._cluster import Cluster, engine_retries, missing_extra, n_at_once
+from ._dask_devices import add_device_workers, check_gpu_workers
 from ._errors import LauncherError
 from ._options import LaunchOptions
 from ._usage import machine_memory
@@ -50,7 +51,14 @@ def import_distributed() -> Any:
 def dask_connection(options: LaunchOptions, n_workers: int) -> DaskConnection:
     """The client of this process for these settings: made once, closed when the process exits."""
     settings = options.dask
-    key = (settings.address, settings.dashboard_address, None if settings.address else n_workers)
+    key = (
+        settings.address,
+        settings.dashboard_address,
+        None if settings.address else n_workers,
+        options.devices,
+        options.devices_per_job,
+        options.device_env,
+    )
     with _connections_lock:
         connection = _connections.get(key)
         if connection is None or connection.client.status != "running":
@@ -63,7 +71,8 @@ def dask_connection(options: LaunchOptions, n_workers: int) -> DaskConnection:
             atexit.register(close_dask, connection)
     check_threads(connection.client)
     if settings.address is not None:  # n_jobs counts the workers of the cluster, as they are now
-        capacity = len(connection.client.nthreads())
+        # (with gpus_per_job, those offering the GPUs a job asks for)
+        capacity = check_gpu_workers(connection.client, options, settings.address)
         jobs = n_at_once(options.n_jobs, capacity)
         connection.cluster = replace(connection.cluster, n_workers=jobs, capacity=capacity)
     return connection
@@ -108,7 +117,8 @@ def _start_local_cluster(options: LaunchOptions, n_workers: int) -> DaskConnecti
     with dask.config.set(settings):
         local = distributed.LocalCluster(
             **memory,
-            n_workers=n_workers,
+            # with devices, the workers are added below, each holding its own ids
+            n_workers=0 if options.devices is not None else n_workers,
             threads_per_worker=1,
             processes=True,
             host="127.0.0.1",
@@ -120,6 +130,13 @@ def _start_local_cluster(options: LaunchOptions, n_workers: int) -> DaskConnecti
             security=True,
         )
     client = distributed.Client(local, security=local.security, set_as_default=False)
+    if options.devices is not None:
+        try:
+            add_device_workers(local, client, options=options, n_workers=n_workers)
+        except LauncherError:
+            client.close()
+            local.close()
+            raise
     cluster = Cluster("dask", local.scheduler_address, n_workers, n_workers, True)
     return DaskConnection(client, local, cluster)
 

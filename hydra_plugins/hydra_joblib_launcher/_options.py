@@ -5,11 +5,10 @@ gives one :class:`LauncherConfigError` naming the key, the value and what is
 allowed, before any job starts or any job directory is made.
 """
 
-import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Tuple, Union
 
-from ._errors import LauncherConfigError
+from ._device_options import device_settings
 from ._values import (
     MemoryLimit,
     choice,
@@ -29,7 +28,6 @@ PROGRESS_MODES = ("auto", "bar", "log", "none")
 MMAP_MODES = (None, "r", "r+", "w+", "c")
 
 _THREAD_BACKENDS = ("threading", "sequential")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclass(frozen=True)
@@ -50,13 +48,16 @@ class LaunchOptions:
     mem_limit: Optional[MemoryLimit]
     retries: int
     retry_on: Tuple[str, ...]  # of RETRY_CAUSES
-    devices: Optional[Tuple[str, ...]]
+    devices: Optional[Tuple[str, ...]]  # the ids handed out (found at setup with devices=auto)
     devices_per_job: int
     device_env: str
+    gpus_per_job: Optional[float]  # GPUs each job asks of a cluster's scheduler
     progress: str
     resume: bool
     dask: "DaskOptions"
     ray: "RayOptions"
+    devices_auto: bool = False  # devices=auto: found at setup (see _accelerators)
+    devices_found_by: Optional[str] = None  # how devices=auto found them, for the launch line
 
     @property
     def distributed(self) -> bool:
@@ -69,6 +70,11 @@ class LaunchOptions:
         if self.devices is not None:
             n = min(n, self.device_slots)
         return n
+
+    @property
+    def gives_gpus(self) -> bool:
+        """Each job is handed GPUs (a device pool, or gpus_per_job): its device_env is recorded."""
+        return self.devices is not None or self.devices_auto or self.gpus_per_job is not None
 
     @property
     def device_slots(self) -> int:
@@ -138,6 +144,16 @@ def _ray(node: Any) -> RayOptions:
     return RayOptions(address=address, init=tuple(sorted(init.items())))
 
 
+def _no_num_gpus(ray: RayOptions, backend: str) -> None:
+    init = dict(ray.init)
+    if backend == "ray" and "num_gpus" in init:
+        raise refuse(
+            "ray.init.num_gpus",
+            init["num_gpus"],
+            "with hydra.launcher.devices the local Ray gets exactly those GPUs; remove num_gpus",
+        )
+
+
 def _backend(value: Any) -> str:
     if value is None:
         return "loky"
@@ -205,45 +221,6 @@ def _batch_size(value: Any, backend: str) -> Union[int, str]:
     return number
 
 
-def _devices(config: Mapping[str, Any], backend: str) -> Tuple[Optional[Tuple[str, ...]], int, str]:
-    per_job = whole_number(
-        "devices_per_job", config.get("devices_per_job", 1), "give a positive integer"
-    )
-    if per_job < 1:
-        raise refuse("devices_per_job", per_job, "give a positive integer")
-    env = config.get("device_env", "CUDA_VISIBLE_DEVICES")
-    if not isinstance(env, str) or not _ENV_NAME.match(env):
-        raise refuse(
-            "device_env", env, "give an environment variable name such as CUDA_VISIBLE_DEVICES"
-        )
-    raw = config.get("devices")
-    if raw is None:
-        return None, per_job, env
-    if isinstance(raw, (str, bytes)) or not hasattr(raw, "__iter__"):
-        raise refuse("devices", raw, "give a list of device ids such as [0,1,2,3]")
-    devices = tuple(str(d).strip() for d in raw)
-    if any(not d or "," in d for d in devices) or len(set(devices)) != len(devices):
-        raise refuse(
-            "devices", list(raw), "give a list of distinct, non-empty device ids such as [0,1]"
-        )
-    if len(devices) < per_job:
-        raise LauncherConfigError(
-            f"hydra.launcher.devices={list(raw)!r} holds {len(devices)} device id(s), but "
-            f"hydra.launcher.devices_per_job={per_job} asks for {per_job} per job; "
-            "list more devices or lower devices_per_job"
-        )
-    if backend in DISTRIBUTED_BACKENDS:
-        raise refuse(
-            "devices",
-            list(devices),
-            f"backend={backend} cannot promise each job its own devices (the pool would be "
-            "per launcher, not per worker host); use loky or multiprocessing",
-            "On a cluster, give each worker its GPU where the worker starts "
-            "(for example CUDA_VISIBLE_DEVICES per dask worker)",
-        )
-    return devices, per_job, env
-
-
 def _inner_max_num_threads(value: Any, backend: str) -> Optional[int]:
     if value is None:
         return None
@@ -291,7 +268,11 @@ def validate(
     verbose = whole_number("verbose", config.get("verbose", 0), "give a whole number, 0 or more")
     if verbose < 0:
         raise refuse("verbose", verbose, "give a whole number, 0 or more")
-    devices, per_job, device_env = _devices(config, backend)
+    dask, ray = _dask(config.get("dask")), _ray(config.get("ray"))
+    address = dask.address if backend == "dask" else ray.address if backend == "ray" else None
+    gpus = device_settings(config, backend=backend, address=address)
+    if gpus.devices is not None or gpus.auto:
+        _no_num_gpus(ray, backend)
     resume = config.get("resume", False)
     if not isinstance(resume, bool):
         raise refuse("resume", resume, "give true or false")
@@ -313,11 +294,13 @@ def validate(
         ),
         retries=_retries(config.get("retries", 0)),
         retry_on=retry_on(config.get("retry_on", ["crash"])),
-        devices=devices,
-        devices_per_job=per_job,
-        device_env=device_env,
+        devices=gpus.devices,
+        devices_per_job=gpus.per_job,
+        device_env=gpus.env,
+        gpus_per_job=gpus.gpus_per_job,
+        devices_auto=gpus.auto,
         progress=choice("progress", config.get("progress", "auto"), PROGRESS_MODES),
         resume=resume,
-        dask=_dask(config.get("dask")),
-        ray=_ray(config.get("ray")),
+        dask=dask,
+        ray=ray,
     )

@@ -92,7 +92,7 @@ def plan(
             marker_dir=str(marker_dir),
             timeout=options.timeout,
             mem_limit=options.mem_limit,
-            device_env=options.device_env if options.devices is not None else None,
+            device_env=options.device_env if options.gives_gpus else None,
             sweep_dir=str(sweep_dir) if options.distributed else None,
         )
         for num, overrides in jobs

@@ -2,9 +2,10 @@
 
     options.backend ─▶ loky            LokyPool          (quarantine: FreshProcessPool)
                        multiprocessing FreshProcessPool  (quarantine: FreshProcessPool)
-                       devices set     FreshProcessPool with a DevicePool
-                       dask            DaskPool          (the cluster re-runs a dead worker's jobs)
-                       ray             RayPool           (idem)
+                       devices set     FreshProcessPool with a DevicePool (loky, multiprocessing)
+                       dask            DaskPool          (the cluster re-runs a dead worker's jobs;
+                                                          devices: a worker per group of ids)
+                       ray             RayPool           (idem; devices: Ray hands out the GPUs)
 
 Every pool yields :class:`JobOutcome` objects as jobs end, in the order they
 end, and raises :class:`PoolBroken` when a worker death took the pool with it.
@@ -82,7 +83,8 @@ def open_pools(options: LaunchOptions, *, n_workers: int) -> Pools:
             devices = DevicePool(options.devices, options.devices_per_job)
         return FreshProcessPool(options, n_workers, devices)
 
-    if options.backend == "multiprocessing" or options.devices is not None:
+    local_devices = options.devices is not None and not options.distributed
+    if options.backend == "multiprocessing" or local_devices:
         return Pools(fresh(), fresh)
     if options.backend == "loky":
         return Pools(LokyPool(options, n_workers), fresh)

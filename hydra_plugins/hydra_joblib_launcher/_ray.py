@@ -29,6 +29,8 @@ from ._plan import JobSpec
 
 log = logging.getLogger(__name__)
 
+CUDA = "CUDA_VISIBLE_DEVICES"
+
 # How long to wait for a Ray address to accept a connection before ray.init.
 RAY_PROBE_TIMEOUT_S = 10.0
 
@@ -37,6 +39,7 @@ RAY_PROBE_TIMEOUT_S = 10.0
 class RayConnection:
     cluster: Cluster
     n_actors: int
+    gpus_per_actor: float = 0.0  # what each actor (so each job) reserves of Ray's GPU resource
 
 
 # Per process: Ray's connection is one per process ("connection": the RayConnection).
@@ -72,9 +75,46 @@ def ray_connection(options: LaunchOptions, n_workers: int) -> RayConnection:
             f"The Ray cluster {connection.cluster.address} offers {capacity} CPU(s); backend=ray "
             f"needs 2 at least (joblib's Ray pool has two actors at least, one CPU each)."
         )
+    gpus_per_actor, gpu_slots = _gpus(ray, options, connection.cluster.address)
+    if gpu_slots is not None:
+        jobs = min(jobs, gpu_slots)
     connection.cluster = replace(connection.cluster, n_workers=jobs, capacity=capacity)
     connection.n_actors = min(max(jobs, 2), capacity)
+    connection.gpus_per_actor = gpus_per_actor
     return connection
+
+
+def _gpus(ray: Any, options: LaunchOptions, address: str) -> Tuple[float, Optional[int]]:
+    """What each actor reserves of the GPU resource, and how many jobs the GPUs allow at once.
+
+    Ray hands an actor holding GPUs their ids in CUDA_VISIBLE_DEVICES (the local Ray
+    started with the devices' ids in it maps its GPUs onto them). joblib's pool has
+    two actors at least: with GPUs for one job only, the two share them (half each),
+    and one job runs at a time (pre_dispatch), so no two jobs use them at once.
+    """
+    per_job = options.gpus_per_job if options.gpus_per_job is not None else 0.0
+    if options.devices is not None:
+        per_job = float(options.devices_per_job)
+    if not per_job:
+        return 0.0, None
+    offered = float(ray.cluster_resources().get("GPU", 0))
+    slots = int(offered // per_job + 1e-9)
+    if slots == 0:
+        raise LauncherError(
+            f"hydra.launcher.gpus_per_job={per_job:g} asks each job for {per_job:g} GPU(s), and "
+            f"the Ray cluster {address} offers {offered:g}. Start its nodes with their GPUs "
+            f"(ray start ... --num-gpus N, or let Ray detect them), or lower gpus_per_job."
+        )
+    if slots > 1:
+        return per_job, slots
+    if per_job > 1:
+        raise LauncherError(
+            f"The Ray cluster {address} has GPUs for one job at a time ({offered:g} GPUs, "
+            f"{per_job:g} per job), and joblib's Ray pool needs two actors, which cannot both "
+            f"hold {per_job:g} whole GPUs. Use backend=dask or multiprocessing for this sweep, "
+            f"or give the cluster more GPUs."
+        )
+    return per_job / 2, 1
 
 
 def _connect(ray: Any, options: LaunchOptions, n_workers: int) -> Tuple[str, bool]:
@@ -87,7 +127,9 @@ def _connect(ray: Any, options: LaunchOptions, n_workers: int) -> Tuple[str, boo
         # actors at least, so Ray needs two CPUs (n_workers still bounds jobs at once).
         kwargs = {"include_dashboard": False, **dict(settings.init)}
         kwargs.setdefault("num_cpus", max(n_workers, 2))
-        with _on_loopback(kwargs):
+        if options.devices is not None:
+            kwargs["num_gpus"] = len(options.devices)
+        with _on_loopback(kwargs), _visible_devices(options.devices):
             context = ray.init(**kwargs)
         atexit.register(_shutdown_ray)
         return str(getattr(context, "address_info", {}).get("gcs_address", "local")), True
@@ -129,6 +171,26 @@ def _on_loopback(kwargs: Dict[str, Any]) -> Iterator[None]:
         os.environ.pop(LOOPBACK_ONLY, None)
         ray_constants.ENABLE_RAY_CLUSTER = cluster
 
+
+@contextmanager
+def _visible_devices(devices: Optional[Tuple[str, ...]]) -> Iterator[None]:
+    """CUDA_VISIBLE_DEVICES holds ``devices`` while the local Ray starts, then is restored.
+
+    Ray's node reads the GPUs it may use from it when it starts, its worker processes
+    inherit it, and Ray maps the GPU slots it gives an actor onto those ids.
+    """
+    if devices is None:
+        yield
+        return
+    before = os.environ.get(CUDA)
+    os.environ[CUDA] = ",".join(devices)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(CUDA, None)
+        else:
+            os.environ[CUDA] = before
 
 # Ray's switch between a cluster and a single machine (ray_constants.ENABLE_RAY_CLUSTER).
 LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -184,16 +246,18 @@ def _ray_backend_class() -> Any:
     return StreamingRayBackend
 
 
-def _ray_backend(options: LaunchOptions) -> Any:
+def _ray_backend(options: LaunchOptions, gpus_per_actor: float) -> Any:
     # An actor holds one CPU, so Ray spreads actors over the nodes by their
     # CPUs (zero-CPU actors would all land on one node). An actor that dies (a
     # crash, a job past its timeout) is restarted and its tasks retried: the job
     # counts the deaths itself and gives up after those its retries allow.
-    remote_args = {
+    remote_args: Dict[str, Any] = {
         "num_cpus": 1,
         "max_restarts": -1,
         "max_task_retries": engine_retries(options),
     }
+    if gpus_per_actor:
+        remote_args["num_gpus"] = gpus_per_actor
     return _ray_backend_class()(ray_remote_args=remote_args)
 
 
@@ -215,7 +279,9 @@ class RayPool:
             for spec in specs
         ]
         n_actors = self._connection.n_actors
-        with parallel_config(backend=_ray_backend(self._options)):
+        with parallel_config(
+            backend=_ray_backend(self._options, self._connection.gpus_per_actor)
+        ):
             # A task waits for its actor (round robin): n_workers in flight keeps
             # n_workers jobs running; n_actors is 2 at least (joblib would run a
             # one-actor pool in this process).

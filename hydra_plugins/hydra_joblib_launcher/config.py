@@ -65,12 +65,14 @@ class JobLibLauncherConf:
     # upstream's key for backend=multiprocessing, where every job has a fresh process: 1 or null
     maxtasksperchild: Optional[int] = None
 
-    # device ids handed out to running jobs, such as [0,1,2,3] or MIG ids; null: no assignment
-    devices: Optional[List[Any]] = None
+    # device ids handed out to running jobs, such as [0,1,2,3] or MIG ids; auto: this machine's GPUs
+    devices: Any = None
     # device ids each job holds while it runs
     devices_per_job: int = 1
     # environment variable that carries a job's device ids (comma-separated)
     device_env: str = "CUDA_VISIBLE_DEVICES"
+    # GPUs each job asks of a cluster's scheduler (backend=dask or ray with an address); null: none
+    gpus_per_job: Optional[float] = None
 
     # live progress: auto (bar on a terminal, log lines otherwise), bar, log or none
     progress: str = "auto"

@@ -53,12 +53,14 @@ class JoblibLauncher(Launcher):
     ) -> None:
         from joblib import cpu_count  # here, not at import: Hydra imports plugins at every start
 
+        from ._accelerators import with_found_devices
         from ._options import validate
         from ._pools import warm_up
         from ._usage import machine_memory
 
-        self.options = validate(
-            _plain(self.params), cpu_count=cpu_count(), memory=machine_memory()
+        # devices=auto: this machine's GPUs are looked for once, here, not at every app start.
+        self.options = with_found_devices(
+            validate(_plain(self.params), cpu_count=cpu_count(), memory=machine_memory())
         )
         self.config = config
         self.hydra_context = hydra_context
@@ -188,11 +190,12 @@ def _completed_before(
 
 def _refuse_device_override(options: "LaunchOptions", config: DictConfig) -> None:
     env_set = config.hydra.job.get("env_set") or {}
-    if options.devices is not None and options.device_env in env_set:
+    if options.gives_gpus and options.device_env in env_set:
+        key = "devices" if options.gpus_per_job is None else "gpus_per_job"
         raise LauncherConfigError(
             f"hydra.job.env_set.{options.device_env}={env_set[options.device_env]!r} would "
-            f"replace the device ids hydra.launcher.devices hands each job, so two jobs could "
-            f"share a device; remove it, or remove hydra.launcher.devices"
+            f"replace the device ids hydra.launcher.{key} gives each job, so two jobs could "
+            f"share a device; remove it, or remove hydra.launcher.{key}"
         )
 
 
@@ -220,9 +223,19 @@ def _log_launch(
         f"{len(jobs)} jobs{where}"
     )
     if options.devices is not None:
+        found = f", found by {options.devices_found_by}" if options.devices_found_by else ""
+        how = {
+            "dask": "each on a worker process holding its ids",
+            "ray": "Ray hands each job its ids",
+        }.get(options.backend, "each in a fresh process")
         log.info(
             f"Device pool {','.join(options.devices)} ({options.devices_per_job} per job, in "
-            f"{options.device_env}): at most {n_workers} jobs at once, each in a fresh process"
+            f"{options.device_env}{found}): at most {n_workers} jobs at once, {how}"
+        )
+    if options.gpus_per_job is not None:
+        log.info(
+            f"GPUs: each job asks the cluster for {options.gpus_per_job:g} "
+            f"(its ids in {options.device_env}, recorded in jobs.jsonl)"
         )
     log.info(f"Launching jobs, sweep output dir : {sweep_dir}")
     for num, overrides in jobs:
