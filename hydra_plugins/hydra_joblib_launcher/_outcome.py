@@ -51,6 +51,7 @@ class JobOutcome:
     return_type: Optional[str] = None  # the class of a completed job's return value, for messages
     return_file: Optional[str] = None  # where its process kept the whole JobReturn (_durable)
     config_digest: Optional[str] = None  # of what in its config decides what it does (_digest)
+    value: Optional[float] = None  # a completed job's return value, when it is a number
 
     @property
     def duration_s(self) -> float:

@@ -49,6 +49,7 @@ from ._outcome import (
 )
 from ._pickling import dumps
 from ._plan import JobSpec, SharedContext, load_context
+from ._returned import returned_number, type_name
 from ._processes import as_launched, bind_main
 from ._tree import JobTree, become_subreaper
 
@@ -140,13 +141,9 @@ def _outcome_of(
         error=error_text,
         devices=_devices(spec),
         configs=configs,
-        return_type=_type_name(ret._return_value) if error_type is None else None,
+        return_type=type_name(ret._return_value) if error_type is None else None,
+        value=returned_number(ret._return_value) if error_type is None else None,
     )
-
-
-def _type_name(value: Any) -> str:
-    cls = type(value)
-    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 class JobProcesses:
@@ -226,6 +223,7 @@ def _note_started(spec: JobSpec) -> Tuple[Optional[str], Optional[str]]:
             "started": time.time(),
             "output_dir": output_dir,
             "log_file": log_file,
+            "devices": _devices(spec),
         }
     )
     return output_dir, log_file
