@@ -93,7 +93,7 @@ def _batch(sweep: Sweep, status: Dict[str, Any]) -> List[str]:
         f"{counts.get('completed', 0)} completed, {counts.get('failed', 0)} failed, "
         f"{counts.get('running', 0)} running, {counts.get('waiting', 0)} waiting"
     )
-    lines = [line + (f" ({skipped} skipped: done before)" if skipped else "")]
+    lines = [line + (f"; {skipped} skipped" if skipped else "")]  # completed before a resume
     began = timestamp(status.get("batch_started"))
     updated = status.get("updated_ts")
     if began is not None and isinstance(updated, (int, float)):
