@@ -58,7 +58,9 @@ setup(
         "report": ["plotly>=5"],
     },
     # `hydra-joblib status|report SWEEP_DIR`
-    entry_points={"console_scripts": ["hydra-joblib = hydra_plugins.hydra_joblib_launcher.cli:main"]},
+    entry_points={
+        "console_scripts": ["hydra-joblib = hydra_plugins.hydra_joblib_launcher.cli:main"]
+    },
     classifiers=[
         "Programming Language :: Python :: 3.10",
         "Programming Language :: Python :: 3.11",

@@ -32,9 +32,17 @@ IN_CI = os.environ.get("CI") == "true"
 
 
 def cli(*args: str, module: bool = False) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "hydra_plugins.hydra_joblib_launcher"] if module else [str(HYDRA_JOBLIB)]
+    command = (
+        [sys.executable, "-m", "hydra_plugins.hydra_joblib_launcher"]
+        if module
+        else [str(HYDRA_JOBLIB)]
+    )
     return subprocess.run(
-        [*command, *args], capture_output=True, text=True, timeout=60, env=app_env({"COLUMNS": "200"})
+        [*command, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=app_env({"COLUMNS": "200"}),
     )
 
 
@@ -155,7 +163,9 @@ def test_status_of_a_running_sweep_then_of_a_killed_one_then_its_report(tmp_path
         assert [job["num"] for job in as_json["status"]["running"]] == [2, 3]
         assert as_json["resume_command"] is None
     finally:
-        os.kill(proc.pid, signal.SIGKILL)  # the launcher alone: its workers lead groups of their own
+        os.kill(
+            proc.pid, signal.SIGKILL
+        )  # the launcher alone: its workers lead groups of their own
         proc.wait()
     deadline = time.monotonic() + 15
     while session_processes(proc.pid) and time.monotonic() < deadline:
@@ -173,7 +183,11 @@ def test_status_of_a_running_sweep_then_of_a_killed_one_then_its_report(tmp_path
     # The printed command resumes the sweep: what completed is skipped, the rest runs,
     # while `status --watch` (not on a terminal: a new table at each change) follows it
     resumed = subprocess.Popen(
-        ["bash", "-c", command], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=app_env()
+        ["bash", "-c", command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=app_env(),
     )
     try:
         wait_for(sweep_dir, {"completed": 0, "failed": 1, "running": 2, "skipped": 1})
@@ -202,7 +216,13 @@ def test_status_of_a_running_sweep_then_of_a_killed_one_then_its_report(tmp_path
     assert "finished at" in finished.stdout, finished.stdout
     assert "4 jobs: 3 completed, 1 failed, 0 running, 0 waiting; 1 skipped" in finished.stdout
     records = jobs(sweep_dir)
-    assert {r["num"]: r.get("value") for r in records} == {0: 1.0, 1: None, 2: 9.0, 3: 16.0, 4: 25.0}
+    assert {r["num"]: r.get("value") for r in records} == {
+        0: 1.0,
+        1: None,
+        2: 9.0,
+        3: 16.0,
+        4: 25.0,
+    }
 
     report = cli("report", str(sweep_dir))
     assert report.returncode == 0, report.stderr
@@ -228,8 +248,13 @@ def test_status_tells_a_launcher_not_heard_from_on_another_host(tmp_path: Path) 
             "state": "running",
             "updated": "2026-01-31T12:00:00.000+00:00",
             "updated_ts": now - age,
-            "launcher": {"host": "another-host", "pid": 1, "argv": ["app.py", "-m", "+x=1,2"],
-                         "python": "python3", "cwd": "/home/me/project"},
+            "launcher": {
+                "host": "another-host",
+                "pid": 1,
+                "argv": ["app.py", "-m", "+x=1,2"],
+                "python": "python3",
+                "cwd": "/home/me/project",
+            },
             "sweep_dir": "/shared/sweep",
             "batch": 1,
             "batch_started": "2026-01-31T12:00:00.000+00:00",
@@ -242,7 +267,7 @@ def test_status_tells_a_launcher_not_heard_from_on_another_host(tmp_path: Path) 
         return cli("status", str(tmp_path), module=True)
 
     recent = status_of(5)
-    assert "running (updated 0:05 ago)" in recent.stdout, recent.stdout
+    assert re.search(r"running \(updated 0:(0\d|1\d) ago\)", recent.stdout), recent.stdout
     silent = status_of(600)
     assert "GONE: not heard from" in silent.stdout, silent.stdout
     assert (
@@ -255,7 +280,11 @@ def test_status_tells_a_launcher_not_heard_from_on_another_host(tmp_path: Path) 
     "args, files, message",
     [
         (["status", "{dir}/nowhere"], {}, "nowhere does not exist"),
-        (["status", "{dir}"], {}, "is not a sweep dir: it holds none of status.json, jobs.jsonl or multirun.yaml"),
+        (
+            ["status", "{dir}"],
+            {},
+            "is not a sweep dir: it holds none of status.json, jobs.jsonl or multirun.yaml",
+        ),
         (["report", "{dir}"], {"0/.hydra/config.yaml": "a: 1\n"}, "is not a sweep dir"),
         (["status", "{dir}/file"], {"file": ""}, "file is not a directory"),
         (["status", "{dir}"], {"status.json": '{"format": 99}'}, "status format 99, by a newer"),
@@ -267,7 +296,11 @@ def test_status_tells_a_launcher_not_heard_from_on_another_host(tmp_path: Path) 
             "manifest format 2, by a newer",
         ),
         (["status", "{dir}", "--watch", "--json"], {}, "--watch and --json go apart"),
-        (["status", "{dir}", "--interval", "0"], {}, "--interval 0: give a number of seconds above 0"),
+        (
+            ["status", "{dir}", "--interval", "0"],
+            {},
+            "--interval 0: give a number of seconds above 0",
+        ),
         (["status"], {}, "the following arguments are required: SWEEP_DIR"),
         (["watch", "{dir}"], {}, "invalid choice: 'watch'"),
         ([], {}, "the following arguments are required: COMMAND"),

@@ -32,7 +32,9 @@ def write_report(sweep: Sweep, *, output: Optional[Path] = None) -> Path:
     try:
         path.write_text(page, encoding="utf-8")
     except OSError as error:
-        raise LauncherError(f"Cannot write {path}: {error}; give another file with --output") from None
+        raise LauncherError(
+            f"Cannot write {path}: {error}; give another file with --output"
+        ) from None
     return path
 
 
@@ -44,7 +46,8 @@ def render_report(sweep: Sweep) -> str:
     parts.append(_failures(sweep.failed))
     parts.append(_jobs_table(sweep.records, rows))
     return _PAGE.format(
-        title=html.escape(f"Sweep {sweep.path.name}"), body="\n".join(parts),
+        title=html.escape(f"Sweep {sweep.path.name}"),
+        body="\n".join(parts),
         script=_SORT_SCRIPT,
         error_script=_ERROR_SCRIPT,
     )
@@ -118,6 +121,9 @@ def _timeline(records: List[Dict[str, Any]], rows: Dict[int, str]) -> str:
                 base=[r["started"] for r in mine],
                 x=[max(float(r.get("duration_s") or 0), 0.001) * 1000 for r in mine],
                 customdata=[r["num"] for r in mine],
+                text=[f"#{r['num']}" for r in mine],
+                textposition="inside",
+                insidetextanchor="middle",
                 hovertext=[_hover(r) for r in mine],
                 hoverinfo="text",
                 marker={"color": colour, "line": {"color": "white", "width": 1}},
@@ -199,8 +205,12 @@ def _jobs_table(records: List[Dict[str, Any]], rows: Dict[int, str]) -> str:
     varying = [k for k in keys if len({each.get(k) for each in settings}) > 1] or keys
     extra = [
         (name, label)
-        for name, label in (("value", "returned"), ("max_rss_bytes", "peak memory"),
-                            ("cpu_s", "CPU s"), ("attempts", "attempts"))
+        for name, label in (
+            ("value", "returned"),
+            ("max_rss_bytes", "peak memory"),
+            ("cpu_s", "CPU s"),
+            ("attempts", "attempts"),
+        )
         if any(name in r for r in records)
     ]
     head = ["#", *varying, *(label for _, label in extra), "duration s", "status", "row"]
@@ -210,8 +220,11 @@ def _jobs_table(records: List[Dict[str, Any]], rows: Dict[int, str]) -> str:
         for name, _ in extra:
             shown = _memory(record) if name == "max_rss_bytes" else None
             cells.append(_cell(record.get(name, ""), shown=shown))
-        cells += [_cell(record.get("duration_s")), _cell(record.get("status")),
-                  _cell(rows.get(record.get("num", -1), ""))]
+        cells += [
+            _cell(record.get("duration_s")),
+            _cell(record.get("status")),
+            _cell(rows.get(record.get("num", -1), "")),
+        ]
         body.append("<tr>" + "".join(cells) + "</tr>")
     title = "Results" if extra and extra[0][0] == "value" else "Jobs"
     heads = "".join(f"<th>{html.escape(str(h))}</th>" for h in head)

@@ -128,8 +128,7 @@ class LiveStatus:
             completed = sum(self._ended.values())
             failed = len(self._ended) - completed
             running = [
-                _running_job(self._by_num[num], note)
-                for num, note in sorted(self._running.items())
+                _running_job(self._by_num[num], note) for num, note in sorted(self._running.items())
             ]
             durations = list(self._durations)
         left = len(self.specs) - completed - failed

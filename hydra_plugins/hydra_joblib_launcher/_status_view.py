@@ -35,7 +35,7 @@ def timestamp(iso: Any) -> Optional[float]:
 
 def _utc(iso: Any) -> str:
     """``2026-01-31T12:00:00.123+00:00`` as ``2026-01-31 12:00:00 UTC``."""
-    text = str(iso)
+    text = str(iso) if iso else "?"
     return f"{text[:10]} {text[11:19]} UTC" if len(text) >= 19 else text
 
 
@@ -88,10 +88,12 @@ def _launcher(sweep: Sweep, status: Dict[str, Any], width: int) -> List[str]:
 def _batch(sweep: Sweep, status: Dict[str, Any]) -> List[str]:
     counts = status.get("counts") or {}
     skipped = counts.get("skipped") or 0
+    # the jobs running when the launcher died or was interrupted were stopped with it
+    running = "stopped" if sweep.state in ("gone", "interrupted") else "running"
     line = (
         f"Batch {status.get('batch', 1)}  {status.get('jobs', '?')} jobs: "
         f"{counts.get('completed', 0)} completed, {counts.get('failed', 0)} failed, "
-        f"{counts.get('running', 0)} running, {counts.get('waiting', 0)} waiting"
+        f"{counts.get('running', 0)} {running}, {counts.get('waiting', 0)} waiting"
     )
     lines = [line + (f"; {skipped} skipped" if skipped else "")]  # completed before a resume
     began = timestamp(status.get("batch_started"))
@@ -111,7 +113,9 @@ def _batch(sweep: Sweep, status: Dict[str, Any]) -> List[str]:
 
 def _counts_from_records(sweep: Sweep) -> List[str]:
     failed = len(sweep.failed)
-    return [f"Ended     {len(sweep.records)} jobs: {len(sweep.records) - failed} completed, {failed} failed"]
+    return [
+        f"Ended     {len(sweep.records)} jobs: {len(sweep.records) - failed} completed, {failed} failed"
+    ]
 
 
 def _running(sweep: Sweep, running: List[Dict[str, Any]], width: int) -> List[str]:

@@ -74,9 +74,7 @@ class Sweep:
         if not job.get("name"):
             return None
         given = [*(overrides.get("hydra") or []), *(overrides.get("task") or [])]
-        kept = [
-            str(arg) for arg in given if not str(arg).startswith((*_REPLACED, "hydra.mode="))
-        ]
+        kept = [str(arg) for arg in given if not str(arg).startswith((*_REPLACED, "hydra.mode="))]
         command = ["python", f"{job['name']}.py", "--multirun", *kept, *extra]
         cwd = shlex.quote(str(runtime.get("cwd") or "."))
         return f"cd {cwd} && {shlex.join(command)}"

@@ -50,12 +50,18 @@ def _parser() -> argparse.ArgumentParser:
         "status",
         help="the sweep as it stands: counts, running and failed jobs, ETA, launcher alive or not",
     )
-    status.add_argument("sweep_dir", type=Path, metavar="SWEEP_DIR", help="the multirun's hydra.sweep.dir")
+    status.add_argument(
+        "sweep_dir", type=Path, metavar="SWEEP_DIR", help="the multirun's hydra.sweep.dir"
+    )
     status.add_argument("--watch", action="store_true", help="refresh until the sweep ends")
     status.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (2)")
     status.add_argument("--json", action="store_true", help="print the machine-readable form")
-    report = commands.add_parser("report", help="write report.html into the sweep dir: timeline, failures, results")
-    report.add_argument("sweep_dir", type=Path, metavar="SWEEP_DIR", help="the multirun's hydra.sweep.dir")
+    report = commands.add_parser(
+        "report", help="write report.html into the sweep dir: timeline, failures, results"
+    )
+    report.add_argument(
+        "sweep_dir", type=Path, metavar="SWEEP_DIR", help="the multirun's hydra.sweep.dir"
+    )
     report.add_argument("-o", "--output", type=Path, default=None, help="write here instead")
     return parser
 
