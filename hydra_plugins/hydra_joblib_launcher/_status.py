@@ -1,7 +1,8 @@
 """The sweep's live status, ``status.json`` in the sweep dir, written and read here only.
 
-    launcher ── LiveStatus ──▶ status.json  (atomically rewritten: at every job start and end,
-       │            ▲                       and every HEARTBEAT_S while the batch runs)
+    launcher ── LiveStatus ──▶ status.json  (atomically rewritten by a thread of its own: at
+       │            ▲                       job starts and ends, at most every MIN_GAP_S,
+       │            │                       and every HEARTBEAT_S while the batch runs)
        │            └── the jobs' own started markers (JobFiles), looked at every POLL_S
        └── end(state): finished | interrupted | failed (with the error)
 
@@ -32,6 +33,9 @@ STATUS = "status.json"
 FORMAT = 1  # raised when a reader of the previous format would misread the file
 HEARTBEAT_S = 5.0  # rewritten at least this often while a batch runs
 POLL_S = 1.0  # how often the launcher looks for jobs that started
+# At most one rewrite in this time: a burst of job ends is one write (an atomic rewrite
+# costs ~1 ms on ext4, which flushes a file renamed over another).
+MIN_GAP_S = 0.2
 SILENT_AFTER_S = 60.0  # a launcher not heard from for this long is taken for gone
 ENDED_STATES = ("finished", "interrupted", "failed")
 
@@ -52,6 +56,7 @@ class LiveStatus:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _writing: threading.Lock = field(default_factory=threading.Lock)  # the partial file is per pid
     _stop: threading.Event = field(default_factory=threading.Event)
+    _changed: threading.Event = field(default_factory=threading.Event)  # a job ended
     _thread: Optional[threading.Thread] = None
 
     def __post_init__(self) -> None:
@@ -72,15 +77,17 @@ class LiveStatus:
 
     # -- events ----------------------------------------------------------------
     def job_ended(self, outcome: JobOutcome) -> None:
+        """Note the job's end; the watch writes it within MIN_GAP_S (not this thread)."""
         with self._lock:
             self._ended[outcome.num] = outcome.completed
             self._durations.append(outcome.duration_s)
             self._running.pop(outcome.num, None)
-        self._write("running")
+        self._changed.set()
 
     def end(self, state: str, *, error: Optional[BaseException] = None) -> None:
         """The batch ended: ``finished``, ``interrupted`` or ``failed`` (with ``error``)."""
         self._stop.set()
+        self._changed.set()  # wakes the watch now, not at its next poll
         if self._thread is not None:
             self._thread.join()
         text = f"{type(error).__name__}: {error}" if error is not None else None
@@ -88,11 +95,21 @@ class LiveStatus:
 
     # -- the watch -------------------------------------------------------------
     def _watch(self) -> None:
-        last = time.monotonic()
-        while not self._stop.wait(POLL_S):
-            if self._look_for_starts() or time.monotonic() - last >= HEARTBEAT_S:
+        """Rewrite the file when a job ended or started, and every HEARTBEAT_S."""
+        written = scanned = time.monotonic()
+        while not self._stop.is_set():
+            self._changed.wait(POLL_S)
+            # after a write, wait out the gap, so the ends of a burst are written once
+            if self._stop.wait(max(0.0, written + MIN_GAP_S - time.monotonic())):
+                return
+            changed = self._changed.is_set()
+            self._changed.clear()
+            if time.monotonic() - scanned >= POLL_S:
+                changed = self._look_for_starts() or changed
+                scanned = time.monotonic()
+            if changed or time.monotonic() - written >= HEARTBEAT_S:
                 self._write("running")
-                last = time.monotonic()
+                written = time.monotonic()
 
     def _look_for_starts(self) -> bool:
         """Note the jobs whose started marker is new or rewritten; True if any."""
@@ -107,11 +124,13 @@ class LiveStatus:
                 if kind != "started" or not num_text.isdigit():
                     continue
                 num = int(num_text)
+                if num not in self._by_num or num in self._ended:
+                    continue
                 try:
                     mtime = entry.stat().st_mtime_ns
                 except OSError:
                     continue
-                if num not in self._by_num or self._seen.get(num) == mtime:
+                if self._seen.get(num) == mtime:
                     continue
                 self._seen[num] = mtime
                 note = JobFiles(directory, num).started()
