@@ -18,13 +18,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
-
 from conftest import APPS, app_env, jobs, session_processes
+from fakes import crashed
+
+from hydra_plugins.hydra_joblib_launcher import _status
+from hydra_plugins.hydra_joblib_launcher._plan import JobSpec
 
 HYDRA_JOBLIB = Path(sys.executable).parent / "hydra-joblib"  # the console script
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -191,19 +194,20 @@ def test_status_of_a_running_sweep_then_of_a_killed_one_then_its_report(tmp_path
     )
     try:
         wait_for(sweep_dir, {"completed": 0, "failed": 1, "running": 2, "skipped": 1})
-        watch = subprocess.Popen(
+        with subprocess.Popen(
             [str(HYDRA_JOBLIB), "status", str(sweep_dir), "--watch", "--interval", "0.2"],
             stdout=subprocess.PIPE,
             text=True,
-        )
-        time.sleep(1)
-        gate.unlink()
-        watched, _ = watch.communicate(timeout=60)
+        ) as watch:
+            assert watch.stdout is not None
+            first_line = watch.stdout.readline()  # the first table is out: the jobs may end
+            gate.unlink()
+            watched = first_line + watch.stdout.read()  # until it ends, with the sweep
         resumed_output, _ = resumed.communicate(timeout=60)
     finally:
-        for each in (resumed, locals().get("watch")):
-            if each is not None and each.poll() is None:
-                each.kill()
+        if resumed.poll() is None:
+            resumed.kill()
+            resumed.communicate()
     assert "Resuming: 1 jobs completed before are skipped, 4 run" in resumed_output, resumed_output
     assert watch.returncode == 0 and watched.count("Sweep ") >= 2, watched
     assert_plain(watched)
@@ -316,3 +320,82 @@ def test_bad_arguments_each_give_their_error(
     assert run.returncode == 2, run.stdout + run.stderr
     assert message in run.stderr, run.stderr
     assert "Traceback" not in run.stderr and run.stdout == ""
+
+
+def test_sigterm_leaves_the_sweep_interrupted_with_the_command_that_resumes_it(
+    tmp_path: Path,
+) -> None:
+    sweep_dir = tmp_path / "sweep"
+    gate = tmp_path / "gate"
+    gate.touch()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-Werror",
+            str(APPS / "watched.py"),
+            "-m",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            f"hydra.sweep.dir={sweep_dir}",
+            "+x=1,2,3",
+            f"+gate={gate}",
+            "+gated=[2,3]",
+        ],
+        cwd=tmp_path,
+        env=app_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_for(sweep_dir, {"completed": 1, "running": 2})
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) != 0
+    finally:
+        gate.unlink()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert status_file(sweep_dir)["state"] == "interrupted"
+    shown = cli("status", str(sweep_dir))
+    assert "interrupted at" in shown.stdout, shown.stdout
+    assert "3 jobs: 1 completed, 0 failed, 2 stopped, 0 waiting" in shown.stdout, shown.stdout
+    assert "hydra.launcher.resume=true" in shown.stdout.split("Resume it with:")[1], shown.stdout
+
+
+# -- the launcher's side, in one process --------------------------------------------------------
+
+
+def test_live_status_follows_the_started_markers_and_ends_with_the_error(tmp_path: Path) -> None:
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    specs = [
+        JobSpec(num=n, overrides=(f"x={n}",), context_file="", marker_dir=str(markers))
+        for n in (4, 5, 6)
+    ]
+    live = _status.LiveStatus(specs, sweep_dir=tmp_path, n_workers=2, skipped=4)
+    try:
+        first = status_file(tmp_path)
+        assert first["counts"] == {
+            "completed": 0,
+            "failed": 0,
+            "running": 0,
+            "waiting": 3,
+            "skipped": 4,
+        }
+        assert first["launcher"]["pid"] == os.getpid() and first["batch"] == 1
+        specs[0].files.note_started(
+            {"pid": 123, "host": "h", "started": time.time(), "devices": ["1"]}
+        )
+        running = wait_for(tmp_path, {"running": 1}, within=5)["running"]
+        assert [(job["num"], job["pid"], job["devices"]) for job in running] == [(4, 123, ["1"])]
+        live.job_ended(crashed(specs[0]))
+        wait_for(tmp_path, {"running": 0, "failed": 1, "waiting": 2}, within=5)
+    finally:
+        live.end("failed", error=RuntimeError("the pool could not start"))
+    ended = status_file(tmp_path)
+    assert ended["state"] == "failed" and ended["error"] == "RuntimeError: the pool could not start"
+    # a second batch of the same process counts on
+    second = _status.LiveStatus(specs[:1], sweep_dir=tmp_path, n_workers=2)
+    second.end("finished")
+    assert status_file(tmp_path)["batch"] == 2
