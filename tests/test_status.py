@@ -243,6 +243,20 @@ def test_status_of_a_running_sweep_then_of_a_killed_one_then_its_report(tmp_path
     assert "ValueError: job x=2 failed on purpose" in dom
     assert "<th>returned</th>" in dom and ">25.0</td>" in dom
 
+    # Without status.json (a sweep of an older version), the command is rebuilt from multirun.yaml
+    (sweep_dir / "status.json").unlink()
+    unknown = cli("status", str(sweep_dir)).stdout
+    assert "Launcher  unknown: no status.json" in unknown, unknown
+    assert "Ended     5 jobs: 4 completed, 1 failed" in unknown, unknown
+    rebuilt = unknown.split("If it stopped short, resume it with (rebuilt from multirun.yaml):\n")[
+        1
+    ]
+    assert rebuilt.strip() == (
+        f"cd {tmp_path} && python watched.py --multirun hydra/launcher=joblib "
+        f"hydra.launcher.n_jobs=2 +x=1,2,3,4,5 '+fail=[2]' +gate={gate} '+gated=[3,4,5]' "
+        f"hydra.launcher.resume=true hydra.sweep.dir={sweep_dir}"
+    ), unknown
+
 
 def test_status_tells_a_launcher_not_heard_from_on_another_host(tmp_path: Path) -> None:
     def status_of(age: float) -> subprocess.CompletedProcess:
@@ -399,3 +413,38 @@ def test_live_status_follows_the_started_markers_and_ends_with_the_error(tmp_pat
     second = _status.LiveStatus(specs[:1], sweep_dir=tmp_path, n_workers=2)
     second.end("finished")
     assert status_file(tmp_path)["batch"] == 2
+
+
+def test_report_rows_are_worker_slots_and_show_what_the_records_hold(tmp_path: Path) -> None:
+    def record(num: int, start: str, end: str, **extra: Any) -> str:
+        return json.dumps(
+            {
+                "num": num,
+                "overrides": [f"lr={num / 10}", "seed=1"],
+                "status": "COMPLETED",
+                "started": f"2026-01-31T12:00:{start}.000+00:00",
+                "ended": f"2026-01-31T12:00:{end}.000+00:00",
+                "duration_s": float(end) - float(start),
+                "host": "h",
+                "pid": 7,
+                **extra,
+            }
+        )
+
+    lines = [
+        record(0, "00", "10", max_rss_bytes=512 * 2**20, cpu_s=9.5, attempts=1),
+        record(1, "01", "05"),  # while #0 runs: a second slot
+        record(2, "05", "09", value=0.25),  # #1's slot is free again
+        record(3, "10", "12"),  # #0's too
+    ]
+    (tmp_path / "jobs.jsonl").write_text("\n".join(lines) + "\n")
+    run = cli("report", str(tmp_path), "--output", str(tmp_path / "r.html"))
+    assert run.returncode == 0 and run.stdout == f"Wrote {tmp_path / 'r.html'}\n", run.stderr
+    page = (tmp_path / "r.html").read_text()
+    rows = re.findall(r"<tr><td data-sort=\"(\d)\.0\">.*?<td>(slot \d)</td></tr>", page)
+    assert rows == [("0", "slot 1"), ("1", "slot 2"), ("2", "slot 2"), ("3", "slot 1")], rows
+    for head in ("<th>lr</th>", "<th>returned</th>", "<th>peak memory</th>", "<th>CPU s</th>"):
+        assert head in page
+    assert "<th>seed</th>" not in page  # the same for every job
+    assert '<td data-sort="536870912.0">512 MiB</td>' in page
+    assert "peak memory 512 MiB" in page  # in the bar's hover text

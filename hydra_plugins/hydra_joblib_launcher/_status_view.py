@@ -57,9 +57,12 @@ def render(sweep: Sweep, *, width: int = WIDTH) -> List[str]:
         lines += _batch(sweep, status)
         lines += _running(sweep, status.get("running") or [], width)
     lines += _failed(sweep.failed, width)
-    command = sweep.resume_command() if sweep.needs_resume() else None
-    if command:
+    command = sweep.resume_command()
+    if command and sweep.needs_resume():
         lines += ["", "Resume it with:", f"  {command}"]
+    elif command and sweep.state == "unknown":
+        lines += ["", "If it stopped short, resume it with (rebuilt from multirun.yaml):"]
+        lines.append(f"  {command}")
     # Commands and paths are kept whole, to be copied: the terminal wraps them.
     return [line if line.lstrip().startswith(_WHOLE) else _cut(line, width) for line in lines]
 

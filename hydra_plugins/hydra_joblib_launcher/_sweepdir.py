@@ -50,9 +50,7 @@ class Sweep:
 
     def needs_resume(self) -> bool:
         """The sweep stopped short of its end: resuming it would run what is left."""
-        if self.state in ("gone", "interrupted", "failed"):
-            return True
-        return self.state == "unknown" and bool(self.hydra)
+        return self.state in ("gone", "interrupted", "failed")
 
     def resume_command(self) -> Optional[str]:
         """The command that resumes the sweep: its own, with resume on and the same sweep dir."""
@@ -86,7 +84,10 @@ class Sweep:
             "launcher_alive": self.alive,
             "status": self.status,
             "jobs": self.records,
-            "resume_command": self.resume_command() if self.needs_resume() else None,
+            # unknown: no status.json says whether it ended; the command, in case it did not
+            "resume_command": (
+                self.resume_command() if self.needs_resume() or self.state == "unknown" else None
+            ),
         }
 
 
