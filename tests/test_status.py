@@ -448,3 +448,41 @@ def test_report_rows_are_worker_slots_and_show_what_the_records_hold(tmp_path: P
     assert "<th>seed</th>" not in page  # the same for every job
     assert '<td data-sort="536870912.0">512 MiB</td>' in page
     assert "peak memory 512 MiB" in page  # in the bar's hover text
+
+
+@pytest.mark.parametrize(
+    "backend", ["multiprocessing", pytest.param("dask", marks=pytest.mark.dask)]
+)
+def test_status_and_report_of_a_sweep_in_batches_on_any_backend(
+    tmp_path: Path, backend: str
+) -> None:
+    if backend == "dask":
+        pytest.importorskip("distributed")
+    sweep_dir = tmp_path / "sweep"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-Werror",
+            str(APPS / "watched.py"),
+            "-m",
+            "hydra/launcher=joblib",
+            f"hydra.launcher.backend={backend}",
+            "hydra.launcher.n_jobs=2",
+            "hydra.sweeper.max_batch_size=2",
+            f"hydra.sweep.dir={sweep_dir}",
+            "+x=1,2,3",
+        ],
+        cwd=tmp_path,
+        env=app_env({"DASK_TEMPORARY_DIRECTORY": str(tmp_path)}),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    shown = cli("status", str(sweep_dir)).stdout
+    assert "Batch 2  1 jobs: 1 completed, 0 failed, 0 running, 0 waiting" in shown, shown
+    assert "finished at" in shown and "Resume" not in shown, shown
+    assert cli("report", str(sweep_dir)).returncode == 0
+    page = (sweep_dir / "report.html").read_text()
+    values = re.findall(r'<td data-sort="(\d+\.0)">\1</td><td data-sort="[\d.]+">[\d.]+</td>', page)
+    assert values == ["1.0", "4.0", "9.0"], values  # what each job returned (x * x), its duration
