@@ -10,6 +10,7 @@ whose timeline, rendered by headless Chromium, holds one bar per job.
 
 import json
 import os
+import pty
 import re
 import shutil
 import signal
@@ -165,6 +166,11 @@ def test_status_of_a_running_sweep_then_of_a_killed_one_then_its_report(tmp_path
         assert as_json["jobs"] == jobs(sweep_dir)
         assert [job["num"] for job in as_json["status"]["running"]] == [2, 3]
         assert as_json["resume_command"] is None
+
+        # a report made now draws the running jobs too
+        assert cli("report", str(sweep_dir), "-o", str(tmp_path / "live.html")).returncode == 0
+        live_page = (tmp_path / "live.html").read_text()
+        assert live_page.count('"name":"running"') == 1 and "RUNNING for" in live_page
     finally:
         os.kill(
             proc.pid, signal.SIGKILL
@@ -486,3 +492,32 @@ def test_status_and_report_of_a_sweep_in_batches_on_any_backend(
     page = (sweep_dir / "report.html").read_text()
     values = re.findall(r'<td data-sort="(\d+\.0)">\1</td><td data-sort="[\d.]+">[\d.]+</td>', page)
     assert values == ["1.0", "4.0", "9.0"], values  # what each job returned (x * x), its duration
+
+
+def test_watch_on_a_terminal_redraws_in_place(tmp_path: Path) -> None:
+    status = {
+        "format": 1,
+        "state": "finished",
+        "updated_ts": time.time(),
+        "launcher": {"host": "h", "pid": 1},
+        "jobs": 1,
+        "counts": {"completed": 1, "failed": 0, "running": 0, "waiting": 0, "skipped": 0},
+    }
+    (tmp_path / "status.json").write_text(json.dumps(status))
+    leader, follower = pty.openpty()
+    with subprocess.Popen(
+        [str(HYDRA_JOBLIB), "status", str(tmp_path), "--watch"], stdout=follower, env=app_env()
+    ) as watch:
+        os.close(follower)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the terminal's other end closed
+                break
+            if not chunk:
+                break
+            shown += chunk
+        assert watch.wait(timeout=30) == 0
+    os.close(leader)
+    assert shown.startswith(b"\x1b[H\x1b[2J") and b"1 jobs: 1 completed" in shown, shown

@@ -13,6 +13,7 @@ import html
 import json
 import time
 from collections import defaultdict
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -21,7 +22,7 @@ from ._status_view import clock, timestamp
 from ._sweepdir import Sweep
 
 REPORT = "report.html"
-COLOURS = {"COMPLETED": "#2e7d32", "FAILED": "#c62828"}
+COLOURS = {"COMPLETED": "#2e7d32", "FAILED": "#c62828", "RUNNING": "#1565c0"}
 _OVERLAP_S = 0.05  # a job that starts this soon before another ends on a slot still takes it
 
 
@@ -40,9 +41,10 @@ def write_report(sweep: Sweep, *, output: Optional[Path] = None) -> Path:
 
 def render_report(sweep: Sweep) -> str:
     records = [r for r in sweep.records if timestamp(r.get("started")) is not None]
-    rows = slots(records)
+    drawn = records + _running(sweep)
+    rows = slots(drawn)
     parts = [_head(sweep), _summary(sweep, records)]
-    parts.append(_timeline(records, rows) if records else "<p>No job has ended yet.</p>")
+    parts.append(_timeline(drawn, rows) if drawn else "<p>No job has started yet.</p>")
     parts.append(_failures(sweep.failed))
     parts.append(_jobs_table(sweep.records, rows))
     return _PAGE.format(
@@ -51,6 +53,21 @@ def render_report(sweep: Sweep) -> str:
         script=_SORT_SCRIPT,
         error_script=_ERROR_SCRIPT,
     )
+
+
+def _running(sweep: Sweep) -> List[Dict[str, Any]]:
+    """The jobs running now, as records that end now, for the timeline (a report made mid-sweep)."""
+    if sweep.state != "running" or sweep.status is None:
+        return []
+    now = datetime.fromtimestamp(sweep.read_at, tz=timezone.utc).isoformat(timespec="milliseconds")
+    running = []
+    for job in sweep.status.get("running") or []:
+        began = timestamp(job.get("started"))
+        if began is not None and isinstance(job.get("num"), int):
+            running.append(
+                {**job, "status": "RUNNING", "ended": now, "duration_s": sweep.read_at - began}
+            )
+    return running
 
 
 def slots(records: List[Dict[str, Any]]) -> Dict[int, str]:
@@ -83,7 +100,8 @@ def _memory(record: Dict[str, Any]) -> str:
 def _hover(record: Dict[str, Any]) -> str:
     lines = [
         f"#{record.get('num')} {html.escape(' '.join(record.get('overrides') or []))}",
-        f"{record.get('status')} in {record.get('duration_s', 0):.1f} s on "
+        f"{record.get('status')} {'for' if record.get('status') == 'RUNNING' else 'in'} "
+        f"{record.get('duration_s', 0):.1f} s on "
         f"{html.escape(str(record.get('host')))} pid {record.get('pid')}",
     ]
     if _memory(record):
