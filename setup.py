@@ -54,6 +54,12 @@ setup(
         # backend=ray: joblib's ray backend (ray.util.joblib); [default] brings `ray start` and Ray Client
         # (2.59: a local Ray has token authentication on by default)
         "ray": ["ray[default]>=2.59"],
+        # `hydra-joblib report`: the timeline is a Plotly chart, its JavaScript inlined in the page
+        "report": ["plotly>=5"],
+    },
+    # `hydra-joblib status|report SWEEP_DIR`
+    entry_points={
+        "console_scripts": ["hydra-joblib = hydra_plugins.hydra_joblib_launcher.cli:main"]
     },
     classifiers=[
         "Programming Language :: Python :: 3.10",

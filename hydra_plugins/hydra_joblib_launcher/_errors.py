@@ -75,3 +75,7 @@ class PoolBroken(Exception):
 
 class WorkerCannotRun(LauncherError):
     """A cluster worker could not start a job: its environment lacks something the launch needs."""
+
+
+class SweepDirError(LauncherError):
+    """A dir that ``hydra-joblib status`` or ``report`` cannot read as a sweep dir of this launcher."""

@@ -89,7 +89,7 @@ class JobFiles:
         write_atomically(self._path("started"), json.dumps(record).encode())
 
     def started(self) -> Dict[str, Any]:
-        """What the job noted as it started (pid, host, started, output_dir, log_file), or {}."""
+        """What the job noted as it started (pid, host, started, output_dir, log_file, devices), or {}."""
         try:
             record = json.loads(self._path("started").read_text())
         except (OSError, ValueError):

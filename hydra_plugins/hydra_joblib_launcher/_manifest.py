@@ -13,11 +13,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
+from ._errors import SweepDirError
 from ._outcome import JobOutcome
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "jobs.jsonl"
+FORMAT = 1  # of a record; raised when a reader of the previous format would misread one
 
 
 def iso_time(timestamp: float) -> str:
@@ -28,6 +30,7 @@ def iso_time(timestamp: float) -> str:
 def record_job(sweep_dir: Path, outcome: JobOutcome, overrides: Sequence[str]) -> None:
     """Append the job's record to the manifest (its process kept its result, see :mod:`._durable`)."""
     record: Dict[str, Any] = {
+        "format": FORMAT,
         "num": outcome.num,
         "overrides": list(overrides),
         "status": "COMPLETED" if outcome.completed else "FAILED",
@@ -46,6 +49,8 @@ def record_job(sweep_dir: Path, outcome: JobOutcome, overrides: Sequence[str]) -
     }
     if outcome.completed and outcome.return_file:
         record["return_file"] = outcome.return_file
+    if outcome.value is not None:
+        record["value"] = outcome.value
     if not outcome.completed:
         record["error_type"] = outcome.error_type
         record["error"] = outcome.error
@@ -67,11 +72,14 @@ def close_cut_line(sweep_dir: Path) -> None:
         pass
 
 
-def read_records(sweep_dir: Path) -> Dict[Tuple[str, ...], Dict[str, Any]]:
+def read_records(
+    sweep_dir: Path, *, refuse_newer: bool = False
+) -> Dict[Tuple[str, ...], Dict[str, Any]]:
     """The last record of each job (by overrides) in ``sweep_dir``'s manifest.
 
     A line that is not a job's record (cut short by a crash of the launcher,
-    or written by something else) is skipped, with a warning.
+    or written by something else) is skipped, with a warning. ``refuse_newer``:
+    one SweepDirError if a record was written in a newer format.
     """
     records: Dict[Tuple[str, ...], Dict[str, Any]] = {}
     path = sweep_dir / MANIFEST
@@ -84,6 +92,12 @@ def read_records(sweep_dir: Path) -> Dict[Tuple[str, ...], Dict[str, Any]]:
             if record is None:
                 skipped.append(number)
                 continue
+            if refuse_newer and _newer(record):
+                raise SweepDirError(
+                    f"{path} line {number} was written in manifest format {record['format']}, "
+                    f"by a newer hydra-joblib-launcher than this one (it reads format {FORMAT}); "
+                    "upgrade it: pip install -U hydra-joblib-launcher"
+                )
             records[tuple(record["overrides"])] = record
     if skipped:
         lines = (
@@ -104,3 +118,8 @@ def _record(line: str) -> Optional[Dict[str, Any]]:
     if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
         return None
     return record if isinstance(record.get("ended"), str) else None
+
+
+def _newer(record: Dict[str, Any]) -> bool:
+    version = record.get("format", 1)
+    return not isinstance(version, int) or version > FORMAT

@@ -55,6 +55,7 @@ class JobOutcome:
     max_rss_bytes: Optional[int] = None  # the peak memory of its processes together (_usage)
     cpu_s: Optional[float] = None  # CPU time of its process and the children it waited for
     attempts: int = 1  # how many times it started (retries, and a cluster's re-runs)
+    value: Optional[float] = None  # a completed job's return value, when it is a number
 
     @property
     def duration_s(self) -> float:

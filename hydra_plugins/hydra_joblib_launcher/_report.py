@@ -3,7 +3,8 @@
 * a failure line the moment a job ends badly;
 * live progress: a tqdm bar on a terminal, calm log lines elsewhere;
 * a summary at the end of every batch;
-* each job's record in the manifest, as it ends (see :mod:`._manifest`).
+* each job's record in the manifest, as it ends (see :mod:`._manifest`), and
+  the live status file (see :mod:`._status`).
 
 All of it runs in the launching process, on outcomes the workers send anyway.
 """
@@ -19,6 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from ._manifest import MANIFEST, record_job
 from ._outcome import JobOutcome
 from ._plan import JobSpec
+from ._status import LiveStatus
 from ._values import show_bytes
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,7 @@ class Reporter:
     n_workers: int
     progress: str  # auto, bar, log or none
     skipped: int = 0  # jobs a resumed sweep did not run again
+    status: Optional[LiveStatus] = None  # status.json, told of every job that ends
     started: float = field(default_factory=time.time)
     ended: Dict[int, JobOutcome] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -112,6 +115,8 @@ class Reporter:
                 f"{outcome.attempts}"
             )
         record_job(self.sweep_dir, outcome, self._spec_overrides[outcome.num])
+        if self.status is not None:
+            self.status.job_ended(outcome)
         if self._bar is not None:
             c = self.counts()
             self._bar.set_postfix_str(

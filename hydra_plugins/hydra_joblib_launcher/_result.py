@@ -21,6 +21,7 @@ from ._errors import RemoteJobError
 from ._outcome import JobOutcome, describe, not_sendable
 from ._pickling import dumps
 from ._plan import JobSpec
+from ._returned import returned_number, type_name
 
 
 def outcome_of(
@@ -43,18 +44,14 @@ def outcome_of(
         log_file=log_file,
         error_type=error_type,
         error=error_text,
-        devices=_devices(spec),
+        devices=devices_seen(spec),
         configs=configs,
-        return_type=_type_name(ret._return_value) if error_type is None else None,
+        return_type=type_name(ret._return_value) if error_type is None else None,
+        value=returned_number(ret._return_value) if error_type is None else None,
     )
 
 
-def _type_name(value: Any) -> str:
-    cls = type(value)
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _devices(spec: JobSpec) -> Optional[Tuple[str, ...]]:
+def devices_seen(spec: JobSpec) -> Optional[Tuple[str, ...]]:
     if spec.device_env is None or spec.device_env not in os.environ:
         return None
     return tuple(os.environ[spec.device_env].split(","))

@@ -49,7 +49,7 @@ from ._outcome import (
 )
 from ._plan import JobSpec, SharedContext, load_context
 from ._processes import as_launched, bind_main
-from ._result import outcome_of
+from ._result import devices_seen, outcome_of
 from ._tree import TERM_GRACE_S, JobTree, become_subreaper
 
 # A job over its memory limit: how long the processes it started get to exit
@@ -250,6 +250,7 @@ def _note_started(spec: JobSpec) -> Tuple[Optional[str], Optional[str]]:
             "started": time.time(),
             "output_dir": output_dir,
             "log_file": log_file,
+            "devices": devices_seen(spec),
         }
     )
     return output_dir, log_file

@@ -4,7 +4,7 @@
     launch(job_overrides)
       ─▶ validate ─▶ jobs_at_once (_pools) ─▶ hold the sweep dir ─▶ the context, once (_plan)
       ─▶ [JobSpec] ─▶ resume: skip what completed before with the same config (_resume)
-      ─▶ open_pools (_pools) ─▶ supervise (_supervisor) ─ report (_report, _manifest)
+      ─▶ open_pools (_pools) ─▶ supervise (_supervisor) ─ report (_report, _manifest, _status)
       ◀─ [JobReturn] in job order
 """
 
@@ -276,18 +276,33 @@ def _run(
     """Run ``specs`` under supervision, reporting as they end; their JobReturns by number."""
     from ._pools import open_pools
     from ._report import Reporter
+    from ._status import LiveStatus
     from ._supervisor import Retries, supervise
 
     # The pools first: an error opening them leaves no reporter thread ticking.
     pools = open_pools(options, n_workers=n_workers) if specs else None
+    status = LiveStatus(specs, sweep_dir=sweep_dir, n_workers=n_workers, skipped=skipped)
     reporter = Reporter(
-        specs, sweep_dir=sweep_dir, n_workers=n_workers, progress=options.progress, skipped=skipped
+        specs,
+        sweep_dir=sweep_dir,
+        n_workers=n_workers,
+        progress=options.progress,
+        skipped=skipped,
+        status=status,
     )
     returns: Dict[int, JobReturn] = {}
-    if pools is not None:
-        retries = Retries(options.retries, options.retry_on)
-        returns = supervise(specs, pools=pools, report=reporter, retries=retries)
+    try:
+        if pools is not None:
+            retries = Retries(options.retries, options.retry_on)
+            returns = supervise(specs, pools=pools, report=reporter, retries=retries)
+    except (KeyboardInterrupt, SystemExit):
+        status.end("interrupted")
+        raise
+    except BaseException as error:
+        status.end("failed", error=error)
+        raise
     reporter.summary()
+    status.end("finished")
     return returns
 
 
