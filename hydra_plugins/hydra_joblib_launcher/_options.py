@@ -94,6 +94,10 @@ class DaskOptions:
     address: Optional[str]
     connect_timeout: float
     dashboard_address: Optional[str]
+    cluster: Optional[Tuple[Tuple[str, Any], ...]] = None  # dask.cluster's keys, as sorted pairs
+    adapt: bool = False
+    adapt_minimum: int = 1
+    worker_timeout: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -112,11 +116,53 @@ def _dask(node: Any) -> DaskOptions:
         raise refuse(
             "dask.address", address, "give a scheduler address such as tcp://host:8786, or null"
         )
+    cluster = _dask_cluster(node.get("cluster"), address)
+    adapt = node.get("adapt", False)
+    if not isinstance(adapt, bool):
+        raise refuse("dask.adapt", adapt, "give true or false")
+    minimum = whole_number(
+        "dask.adapt_minimum", node.get("adapt_minimum", 1), "give a whole number, 0 or more"
+    )
+    if minimum < 0:
+        raise refuse("dask.adapt_minimum", minimum, "give a whole number, 0 or more")
+    worker_timeout = node.get("worker_timeout")
+    if worker_timeout is not None and (
+        isinstance(worker_timeout, bool)
+        or not isinstance(worker_timeout, (int, float))
+        or not worker_timeout > 0
+    ):
+        raise refuse(
+            "dask.worker_timeout", worker_timeout, "give a positive number of seconds, or null"
+        )
     return DaskOptions(
         address=address,
         connect_timeout=float(timeout),
         dashboard_address=node.get("dashboard_address"),
+        cluster=cluster,
+        adapt=adapt,
+        adapt_minimum=minimum,
+        worker_timeout=None if worker_timeout is None else float(worker_timeout),
     )
+
+
+def _dask_cluster(node: Any, address: Optional[str]) -> Optional[Tuple[Tuple[str, Any], ...]]:
+    """dask.cluster: a mapping with a dotted ``_target_`` (its class is checked when built)."""
+    if node is None:
+        return None
+    example = "give {_target_: dask_jobqueue.SLURMCluster, cores: 1, processes: 1, ...} or null"
+    if not isinstance(node, Mapping):
+        raise refuse("dask.cluster", node, example)
+    target = node.get("_target_")
+    if not isinstance(target, str) or not re.match(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+$", target):
+        raise refuse("dask.cluster", dict(node), example)
+    if address is not None:
+        raise refuse(
+            "dask.cluster",
+            dict(node),
+            f"it builds a cluster, and dask.address={address!r} names one already running",
+            "Set one of them, the other null",
+        )
+    return tuple(sorted(node.items()))
 
 
 def _ray(node: Any) -> RayOptions:
