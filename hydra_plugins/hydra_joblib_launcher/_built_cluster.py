@@ -22,6 +22,7 @@ import re
 import shutil
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
@@ -146,11 +147,16 @@ def _instantiate(target: str, node: Dict[str, Any]) -> Any:
             return instantiate({"_target_": target, **node}, _convert_="all", **extra)
         except Exception as error:  # noqa: BLE001 - whatever the class raises on bad arguments
             cause = error.__cause__ or error
-            raise LauncherConfigError(
+            message = (
                 f"hydra.launcher.dask.cluster could not build {target}: "
-                f"{type(cause).__name__}: {cause}. Check its keyword arguments against the "
-                f"class's documentation."
-            ) from None
+                f"{type(cause).__name__}: {str(cause).rstrip('.')}. Check its keyword "
+                f"arguments against the class's documentation."
+            )
+    # dask-jobqueue 0.9 checks its arguments after Cluster.__init__, so a refused one is
+    # half-built and says "unclosed cluster" (a ResourceWarning, an error under -Werror)
+    # when it is collected, at exit at the latest: the launcher refused it, nothing to add.
+    warnings.filterwarnings("ignore", message="unclosed cluster", category=ResourceWarning)
+    raise LauncherConfigError(message)
 
 
 def _refuse_threads(cluster: Any, cls: Any, *, jobqueue: bool) -> None:
