@@ -20,11 +20,14 @@ dask, distributed and dask_jobqueue are imported inside functions only.
 import logging
 import re
 import shutil
+import signal
 import subprocess
+import threading
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
 from ._cluster import MAX_WORKER_DEATHS, Cluster, missing_extra
 from ._errors import LauncherConfigError, LauncherError
@@ -99,7 +102,8 @@ def _cluster_class(target: str) -> Any:
         raise missing_extra("dask", "dask", error) from None
     key = f"hydra.launcher.dask.cluster._target_={target!r}"
     try:
-        cls = get_class(target)
+        with _sigint_kept():
+            cls = get_class(target)
     except Exception as error:  # noqa: BLE001 - ImportError, ValueError, InstantiationException
         cause = error.__cause__ or error
         extra = " (pip install \"hydra-joblib-launcher[slurm]\")" if "jobqueue" in target else ""
@@ -117,9 +121,27 @@ def _cluster_class(target: str) -> Any:
     return cls
 
 
+@contextmanager
+def _sigint_kept() -> Iterator[None]:
+    """Keep this process's SIGINT handler across the import of a cluster's module.
+
+    dask_jobqueue.runner (imported with dask_jobqueue, seen in 0.9.0) sets SIGINT to
+    ``sys.exit()`` when imported: Ctrl-C would end the sweep with exit status 0, as if
+    it had succeeded. The launcher's interrupt handling (KeyboardInterrupt) stays.
+    """
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGINT) is not handler and handler is not None:
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, handler)
+
+
 def _is_jobqueue(cls: Any) -> bool:
     try:
-        from dask_jobqueue import JobQueueCluster
+        with _sigint_kept():
+            from dask_jobqueue import JobQueueCluster
     except ImportError:
         return False
     return issubclass(cls, JobQueueCluster)
