@@ -183,3 +183,37 @@ def test_no_worker_in_time_says_what_squeue_says(slurm: None, tmp_path: Path, jo
     assert_clear_error(run, "SLURMCluster has no worker after 3s", "PENDING (BeginTime)")
     assert not (tmp_path / "s" / "0").exists()
     assert none_queued(job_name) == []
+
+
+def test_a_job_past_its_timeout_fails_and_the_others_complete(
+    slurm: None, tmp_path: Path, job_name: str
+) -> None:
+    run = run_app(
+        APPS / "faulty.py",
+        ["-m", "+name=a,b,c", "+modes.b=sleep", *DASK, "hydra.launcher.n_jobs=2",
+         "hydra.launcher.timeout=5", slurm_cluster(tmp_path, job_name), "hydra.sweep.dir=s"],
+        cwd=tmp_path,
+        timeout=300,
+    )
+    status = [job["status"] for job in jobs(tmp_path / "s")]
+    assert status == ["COMPLETED", "FAILED", "COMPLETED"], run.output
+    assert "JobTimeout" in run.output
+    assert none_queued(job_name) == []
+
+
+def test_tls_with_credentials_made_for_the_launch(slurm: None, tmp_path: Path, job_name: str) -> None:
+    """``security: true``: the workers speak TLS; their credentials are gone after the sweep."""
+    shared = tmp_path / "credentials"
+    shared.mkdir(mode=0o700)
+    run = run_app(
+        EXAMPLE,
+        ["-m", "task=1,2", *DASK, "hydra.launcher.n_jobs=2",
+         slurm_cluster(tmp_path, job_name, "security:true", f"shared_temp_directory:{shared}"),
+         "hydra.sweep.dir=s"],
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.output
+    assert "on Dask SLURMCluster tls://127.0.0.1:" in run.output
+    assert "ResourceWarning" not in run.output
+    assert list(shared.iterdir()) == [], "the workers' credentials are removed"
+    assert none_queued(job_name) == []

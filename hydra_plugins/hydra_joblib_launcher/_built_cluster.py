@@ -292,8 +292,24 @@ def close_cluster(cluster: Any) -> None:
         cluster.close()
     except Exception as error:  # noqa: BLE001 - closing at exit or after an interrupt
         log.debug("Closing the Dask cluster failed: %s", error)
+    _remove_worker_credentials(cluster)
     if ids and command:
         _cancel(command.split(), ids)
+
+
+def _remove_worker_credentials(cluster: Any) -> None:
+    """Close (and so delete) the TLS files dask-jobqueue wrote for its workers (``security: true``).
+
+    dask-jobqueue (seen in 0.9.0) keeps them open as ``_job_<key>`` temporary files for
+    the cluster's life and never closes them: at exit each would be an "unclosed file"
+    ResourceWarning, and the credentials would stay in shared_temp_directory until then.
+    """
+    for name, value in list(vars(cluster).items()):
+        if name.startswith("_job_") and callable(getattr(value, "close", None)):
+            try:
+                value.close()
+            except OSError as error:
+                log.debug("Removing %s failed: %s", name, error)
 
 
 def _cancel(command: Sequence[str], ids: Sequence[str]) -> None:
