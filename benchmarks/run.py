@@ -11,8 +11,8 @@ It builds throwaway virtual environments in a cache dir (printed, see ``--env-di
 * ``env-this``: ``pip install <a snapshot of this repo>`` (not editable, no extras: what
   a user installs), made anew at every invocation, so the code measured is the code in
   the work tree now; Hydra's basic launcher runs here too (``hydra/launcher=basic``).
-X
-  when scenario e runs.
+* ``env-this-slurm``: the same with the ``slurm`` extra (dask's and dask-jobqueue), made
+  anew when scenario e runs (``this-dask`` and ``this-slurm`` run there).
 * ``env-released``: ``pip install hydra-joblib-launcher==1.2.0`` constrained to
   the versions of ``env-this`` (hydra-core, omegaconf, joblib, ...), so the
   two plugins are never in one environment and differ only in the launcher;
