@@ -17,7 +17,10 @@ from hydra_plugins.hydra_joblib_launcher._options import validate
 
 EXAMPLE = REPO / "example" / "my_app.py"
 DASK = ["hydra/launcher=joblib", "hydra.launcher.backend=dask"]
-LOCAL = "{_target_:distributed.LocalCluster,threads_per_worker:1,n_workers:0,host:127.0.0.1}"
+LOCAL = (
+    "{_target_:distributed.LocalCluster,threads_per_worker:1,n_workers:0,host:127.0.0.1,"
+    "dashboard_address:'127.0.0.1:0'}"  # any free port: 8787 may be taken (a warning, an error here)
+)
 
 
 def cluster(node: str) -> str:
@@ -85,7 +88,7 @@ def test_the_cluster_is_built_once_by_the_launcher(tmp_path: Path) -> None:
     count = tmp_path / "built.txt"
     node = (
         "{_target_:counting_cluster.CountingCluster,count_file:" + str(count) + ","
-        "threads_per_worker:1,n_workers:0,host:127.0.0.1}"
+        "threads_per_worker:1,n_workers:0,host:127.0.0.1,dashboard_address:'127.0.0.1:0'}"
     )
     run = run_app(
         APPS / "faulty.py",
@@ -121,7 +124,8 @@ def _refused(tmp_path: Path, node: str) -> str:
             ["names collections.OrderedDict, which is not a Dask cluster"],
         ),
         (
-            "{_target_:distributed.LocalCluster,threads_per_worker:2,n_workers:1,host:127.0.0.1}",
+            "{_target_:distributed.LocalCluster,threads_per_worker:2,n_workers:1,host:127.0.0.1,"
+            "dashboard_address:'127.0.0.1:0'}",
             ["would start workers with 2 threads", "set threads_per_worker: 1"],
         ),
     ],
