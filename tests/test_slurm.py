@@ -217,3 +217,35 @@ def test_tls_with_credentials_made_for_the_launch(slurm: None, tmp_path: Path, j
     assert "ResourceWarning" not in run.output
     assert list(shared.iterdir()) == [], "the workers' credentials are removed"
     assert none_queued(job_name) == []
+
+
+def test_an_interrupt_while_the_batch_jobs_pend_cancels_them(
+    slurm: None, tmp_path: Path, job_name: str
+) -> None:
+    args = ["-m", "task=1,2", *DASK, "hydra.launcher.n_jobs=2",
+            slurm_cluster(tmp_path, job_name, "job_extra_directives:['--begin=now+3600']"),
+            "hydra.sweep.dir=s"]
+    proc = subprocess.Popen(
+        [sys.executable, "-Werror", str(EXAMPLE), *args],
+        cwd=tmp_path,
+        env=app_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(queued(job_name)) < 2 and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()[0]
+            time.sleep(0.2)
+        assert len(queued(job_name)) == 2, "the batch jobs pend"
+        os.killpg(proc.pid, signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode not in (0, None), output
+    assert none_queued(job_name, within=5) == [], output
+    assert not (tmp_path / "s" / "0").exists()
