@@ -182,7 +182,10 @@ def _instantiate(target: str, node: Dict[str, Any]) -> Any:
 
 
 def _refuse_threads(cluster: Any, cls: Any, *, jobqueue: bool) -> None:
-    """Refuse a cluster whose workers would run several threads, before any is asked for."""
+    """Refuse a cluster whose workers would run several threads, before any is asked for.
+
+    (The caller closes the cluster.)
+    """
     threads: Optional[int] = None
     if jobqueue:
         match = _NTHREADS.search(str(cluster.job_script()))
@@ -199,7 +202,6 @@ def _refuse_threads(cluster: Any, cls: Any, *, jobqueue: bool) -> None:
         )
     else:
         fix = "set threads_per_worker: 1 (and processes: true)"
-    close_cluster(cluster)
     raise LauncherConfigError(
         f"hydra.launcher.dask.cluster ({cls.__name__}) would start workers with {threads} "
         f"threads, and backend=dask runs each Hydra job alone in a worker process (two jobs "
