@@ -161,3 +161,21 @@ def test_a_jobqueue_cluster_missing_its_arguments_is_one_clear_error(tmp_path: P
     stderr = _refused(tmp_path, "{_target_:dask_jobqueue.SLURMCluster,interface:lo}")
     assert "could not build dask_jobqueue.SLURMCluster: ValueError" in stderr
     assert "Check its keyword arguments" in stderr
+
+
+@pytest.mark.dask
+@pytest.mark.slow
+def test_an_adapting_cluster_grows_from_its_minimum_to_n_jobs(tmp_path: Path) -> None:
+    pytest.importorskip("distributed")
+    count = tmp_path / "count"
+    count.mkdir()
+    run = run_app(
+        APPS / "faulty.py",
+        ["-m", "+name=a,b,c,d", "+work=2", f"+count_dir={count}", *DASK, "hydra.launcher.n_jobs=2",
+         "hydra.launcher.dask.adapt=true", cluster(LOCAL), "hydra.sweep.dir=s"],
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.output
+    assert [job["status"] for job in jobs(tmp_path / "s")] == ["COMPLETED"] * 4
+    pids = {int(p) for name in "abcd" for p in (count / f"{name}.runs").read_text().split()}
+    assert len(pids) == 2, "started with 1 worker (adapt_minimum), grown to n_jobs=2 by the work"

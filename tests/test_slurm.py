@@ -249,3 +249,23 @@ def test_an_interrupt_while_the_batch_jobs_pend_cancels_them(
     assert proc.returncode not in (0, None), output
     assert none_queued(job_name, within=5) == [], output
     assert not (tmp_path / "s" / "0").exists()
+
+
+def test_an_adapting_cluster_submits_batch_jobs_for_the_work(
+    slurm: None, tmp_path: Path, job_name: str
+) -> None:
+    """``adapt_minimum=0``: no batch job until the jobs are sent, then one per job, up to n_jobs."""
+    count = tmp_path / "count"
+    count.mkdir()
+    run = run_app(
+        APPS / "batch_job.py",
+        ["-m", "+name=a,b,c,d", "+work=2", f"+count_dir={count}", *DASK, "hydra.launcher.n_jobs=2",
+         "hydra.launcher.dask.adapt=true", "hydra.launcher.dask.adapt_minimum=0",
+         slurm_cluster(tmp_path, job_name), "hydra.sweep.dir=s"],
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.output
+    assert [job["status"] for job in jobs(tmp_path / "s")] == ["COMPLETED"] * 4
+    ids = {(count / f"{name}.runs").read_text().split()[1] for name in "abcd"}
+    assert all(job_id.isdigit() for job_id in ids) and len(ids) >= 2, ids  # it grew past one
+    assert none_queued(job_name) == []

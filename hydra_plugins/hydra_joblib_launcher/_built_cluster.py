@@ -70,7 +70,14 @@ def build_cluster(options: LaunchOptions, n_workers: int) -> BuiltCluster:
     try:
         _refuse_threads(cluster, cls, jobqueue=jobqueue)
         if settings.adapt:
-            cluster.adapt(minimum=min(settings.adapt_minimum, n_workers), maximum=n_workers)
+            # Dask's default (target_duration 5s) asks for workers to get the queued work
+            # done in 5 s: the few tasks joblib keeps at the scheduler (n_jobs, one per job)
+            # would get one worker. A tiny target asks for one worker per task, up to n_jobs.
+            cluster.adapt(
+                minimum=min(settings.adapt_minimum, n_workers),
+                maximum=n_workers,
+                target_duration="1ms",
+            )
         else:
             cluster.scale(n_workers)
         import distributed
