@@ -51,6 +51,9 @@ setup(
         # backend=dask: joblib's dask backend on a distributed.Client
         # (cryptography: the embedded cluster's TLS credentials, made for each launch)
         "dask": ["dask[distributed]>=2023.1", "cryptography"],
+        # dask.cluster on an HPC queue: dask-jobqueue's SLURMCluster, PBSCluster, SGECluster...
+        "slurm": ["dask[distributed]>=2023.1", "cryptography", "dask-jobqueue>=0.8.2"],
+        "jobqueue": ["dask[distributed]>=2023.1", "cryptography", "dask-jobqueue>=0.8.2"],
         # backend=ray: joblib's ray backend (ray.util.joblib); [default] brings `ray start` and Ray Client
         # (2.59: a local Ray has token authentication on by default)
         "ray": ["ray[default]>=2.59"],

@@ -11,7 +11,8 @@ It builds throwaway virtual environments in a cache dir (printed, see ``--env-di
 * ``env-this``: ``pip install <a snapshot of this repo>`` (not editable, no extras: what
   a user installs), made anew at every invocation, so the code measured is the code in
   the work tree now; Hydra's basic launcher runs here too (``hydra/launcher=basic``).
-* ``env-this-dask``: the same with the ``dask`` extra, made anew when scenario e runs.
+* ``env-this-slurm``: the same with the ``slurm`` extra (dask's and dask-jobqueue), made
+  anew when scenario e runs (``this-dask`` and ``this-slurm`` run there).
 * ``env-released``: ``pip install hydra-joblib-launcher==1.2.0`` constrained to
   the versions of ``env-this`` (hydra-core, omegaconf, joblib, ...), so the
   two plugins are never in one environment and differ only in the launcher;
@@ -37,7 +38,9 @@ released, basic, this, released, ...):
       wall time grows with the number of jobs (per-job cost 2->100 vs 100->2000)
   e   a on the embedded Dask cluster (``this-dask``: this launcher with
       ``hydra.launcher.backend=dask``, a LocalCluster it starts itself) against basic;
-      1.2.0 cannot start a cluster, so it has no row
+      1.2.0 cannot start a cluster, so it has no row. Where a SLURM node is up (.ci/slurm.sh),
+      also on a ``dask_jobqueue.SLURMCluster`` the launcher builds (``this-slurm``: two batch
+      jobs of one single-threaded worker each)
   f   4 small PyTorch training jobs (#20): apps/torch_train.py, torch imported at the
       script's top, a DataLoader with 2 worker processes per epoch; this launcher on loky
       (``this``) and on ``backend=multiprocessing`` (``this-mp``) against basic and 1.2.0,
@@ -49,6 +52,7 @@ Both joblib launchers run with ``hydra.launcher.n_jobs=2``.
 
 import argparse
 import ctypes
+import functools
 import json
 import os
 import platform
@@ -73,8 +77,9 @@ TORCH = "torch==2.13.0"  # installed for scenario f only, in envs of their own
 RELEASED = "hydra-joblib-launcher==1.2.0"
 LAUNCHERS = ("basic", "this", "released")
 DASK = "this-dask"  # this launcher on its embedded Dask cluster: scenario e only
+SLURM = "this-slurm"  # this launcher on a dask_jobqueue.SLURMCluster it builds: scenario e, where SLURM runs
 MP = "this-mp"  # this launcher with backend=multiprocessing: scenario f only
-ORDER = (*LAUNCHERS, MP, DASK)
+ORDER = (*LAUNCHERS, MP, DASK, SLURM)
 N_JOBS = 2  # hydra.launcher.n_jobs for both joblib launchers
 PACKAGES = ("hydra-core", "omegaconf", "antlr4-python3-runtime", "joblib", "cloudpickle", "hydra-joblib-launcher")
 
@@ -367,6 +372,10 @@ def launcher_overrides(launcher: str) -> List[str]:
     joblib = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={N_JOBS}"]
     if launcher == MP:
         return [*joblib, "hydra.launcher.backend=multiprocessing"]
+    if launcher == SLURM:  # one single-threaded worker per batch job, the batch jobs' output dropped
+        cluster = ("{_target_:dask_jobqueue.SLURMCluster,cores:1,processes:1,memory:1GB,interface:lo,"
+                   "job_extra_directives:['--output=/dev/null']}")  # fmt: skip
+        return [*joblib, "hydra.launcher.backend=dask", f"hydra.launcher.dask.cluster={cluster}"]
     return [*joblib, "hydra.launcher.backend=dask"] if launcher == DASK else joblib
 
 
@@ -476,10 +485,23 @@ class Scenario:
     def launchers(self, chosen: Sequence[str]) -> List[str]:
         """Who runs this scenario, of the launchers chosen on the command line."""
         if self.name == "e":
-            return ["basic", DASK] if "this" in chosen else ["basic"]
+            return ["basic", DASK, *([SLURM] if slurm_runs() else [])] if "this" in chosen else ["basic"]
         if self.name == "f":  # this launcher on loky and on multiprocessing
             return sorted({*chosen, *([MP] if "this" in chosen else [])}, key=ORDER.index)
         return list(chosen)
+
+
+@functools.lru_cache(maxsize=None)
+def slurm_runs() -> bool:
+    """A SLURM node is up here (.ci/slurm.sh starts one): scenario e adds this-slurm."""
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    up = any(state.startswith(("idle", "mix", "alloc")) for state in out.split())
+    if not up:
+        log("scenario e: no SLURM node up here (sinfo), so no this-slurm row (.ci/slurm.sh starts one)")
+    return up
 
 
 def scenarios(args: argparse.Namespace) -> List[Scenario]:
@@ -777,8 +799,9 @@ def _env_pythons(args: argparse.Namespace, launchers: Sequence[str], dask: bool 
         this = with_dask = Path(args.python)
     else:
         this = build_this_env(args.env_dir, args.base_python)
-        with_dask = build_this_env(args.env_dir, args.base_python, "dask") if dask else this
-    pythons = {"basic": this, "this": this, DASK: with_dask}
+        # the slurm extra: dask's, and dask-jobqueue for this-slurm
+        with_dask = build_this_env(args.env_dir, args.base_python, "slurm") if dask else this
+    pythons = {"basic": this, "this": this, DASK: with_dask, SLURM: with_dask}
     if "released" in launchers:
         pythons["released"] = build_released_env(args.env_dir, args.base_python, package_versions(this))
     return pythons

@@ -78,6 +78,7 @@ class Cluster:
     n_workers: int  # jobs at once: n_jobs as the cluster can serve it
     capacity: int  # single-threaded workers (Dask) or CPUs (Ray) the cluster offers
     started_here: bool
+    kind: str = ""  # a cluster built from dask.cluster: "Dask SLURMCluster"
 
     @property
     def description(self) -> str:
@@ -91,6 +92,8 @@ class Cluster:
         else:
             what = "local Ray" if self.started_here else "Ray cluster"
             unit = ("CPU", "CPUs")
+        if self.kind:
+            what, unit = self.kind, ("worker", "workers")
         return (
             f"{what} {self.address} ({_count(self.capacity, *unit)}, "
             f"{_count(self.n_workers, 'job', 'jobs')} at once)"

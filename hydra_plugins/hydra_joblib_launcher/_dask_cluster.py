@@ -58,11 +58,14 @@ def dask_connection(options: LaunchOptions, n_workers: int) -> DaskConnection:
         options.devices,
         options.devices_per_job,
         options.device_env,
+        repr((settings.cluster, settings.adapt, settings.adapt_minimum)),
     )
     with _connections_lock:
         connection = _connections.get(key)
         if connection is None or connection.client.status != "running":
-            if settings.address is None:
+            if settings.cluster is not None:
+                connection = _build_cluster(options, n_workers)
+            elif settings.address is None:
                 connection = _start_local_cluster(options, n_workers)
             else:
                 connection = _connect_to_scheduler(options)
@@ -139,6 +142,20 @@ def _start_local_cluster(options: LaunchOptions, n_workers: int) -> DaskConnecti
             raise
     cluster = Cluster("dask", local.scheduler_address, n_workers, n_workers, True)
     return DaskConnection(client, local, cluster)
+
+
+def _build_cluster(options: LaunchOptions, n_workers: int) -> DaskConnection:
+    """The cluster of ``dask.cluster``, built here (see :mod:`._built_cluster`)."""
+    from ._built_cluster import build_cluster, close_cluster
+
+    built = build_cluster(options, n_workers)
+    try:
+        _check_imports(built.client, built.summary.address)
+    except LauncherError:
+        built.client.close()
+        close_cluster(built.cluster)
+        raise
+    return DaskConnection(built.client, built.cluster, built.summary)
 
 
 def _connect_to_scheduler(options: LaunchOptions) -> DaskConnection:
@@ -257,6 +274,8 @@ def close_dask(connection: DaskConnection) -> None:
     try:
         connection.client.close()
         if connection.local_cluster is not None:
-            connection.local_cluster.close()
+            from ._built_cluster import close_cluster  # and the batch jobs it submitted
+
+            close_cluster(connection.local_cluster)
     except Exception as error:  # noqa: BLE001 - closing at exit or after an interrupt
         log.debug("Closing the Dask client failed: %s", error)

@@ -8,6 +8,13 @@ allowed, before any job starts or any job directory is made.
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Tuple, Union
 
+from ._cluster_options import (
+    DaskOptions,
+    RayOptions,
+    dask_options,
+    no_num_gpus,
+    ray_options,
+)
 from ._device_options import device_settings
 from ._values import (
     MemoryLimit,
@@ -99,59 +106,6 @@ class LaunchOptions:
         if self.inner_max_num_threads is not None:
             items["inner_max_num_threads"] = self.inner_max_num_threads
         return ",".join(f"{key}={value}" for key, value in items.items())
-
-
-@dataclass(frozen=True)
-class DaskOptions:
-    address: Optional[str]
-    connect_timeout: float
-    dashboard_address: Optional[str]
-
-
-@dataclass(frozen=True)
-class RayOptions:
-    address: Optional[str]
-    init: Tuple[Tuple[str, Any], ...]  # extra ray.init keyword arguments, as sorted pairs
-
-
-def _dask(node: Any) -> DaskOptions:
-    node = dict(node or {})
-    timeout = node.get("connect_timeout", 30.0)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise refuse("dask.connect_timeout", timeout, "give a positive number of seconds")
-    address = node.get("address")
-    if address is not None and not (isinstance(address, str) and "://" in address):
-        raise refuse(
-            "dask.address", address, "give a scheduler address such as tcp://host:8786, or null"
-        )
-    return DaskOptions(
-        address=address,
-        connect_timeout=float(timeout),
-        dashboard_address=node.get("dashboard_address"),
-    )
-
-
-def _ray(node: Any) -> RayOptions:
-    node = dict(node or {})
-    init = node.get("init") or {}
-    if not isinstance(init, Mapping):
-        raise refuse("ray.init", init, "give a mapping of ray.init keyword arguments")
-    if "address" in init:
-        raise refuse("ray.init", dict(init), "set the address as hydra.launcher.ray.address")
-    address = node.get("address")
-    if address is not None and not isinstance(address, str):
-        raise refuse("ray.address", address, 'give "auto", "ray://host:10001" or null')
-    return RayOptions(address=address, init=tuple(sorted(init.items())))
-
-
-def _no_num_gpus(ray: RayOptions, backend: str) -> None:
-    init = dict(ray.init)
-    if backend == "ray" and "num_gpus" in init:
-        raise refuse(
-            "ray.init.num_gpus",
-            init["num_gpus"],
-            "with hydra.launcher.devices the local Ray gets exactly those GPUs; remove num_gpus",
-        )
 
 
 def _backend(value: Any) -> str:
@@ -268,11 +222,11 @@ def validate(
     verbose = whole_number("verbose", config.get("verbose", 0), "give a whole number, 0 or more")
     if verbose < 0:
         raise refuse("verbose", verbose, "give a whole number, 0 or more")
-    dask, ray = _dask(config.get("dask")), _ray(config.get("ray"))
+    dask, ray = dask_options(config.get("dask")), ray_options(config.get("ray"))
     address = dask.address if backend == "dask" else ray.address if backend == "ray" else None
     gpus = device_settings(config, backend=backend, address=address)
     if gpus.devices is not None or gpus.auto:
-        _no_num_gpus(ray, backend)
+        no_num_gpus(ray, backend)
     resume = config.get("resume", False)
     if not isinstance(resume, bool):
         raise refuse("resume", resume, "give true or false")

@@ -18,6 +18,14 @@ class DaskConf:
     connect_timeout: float = 30.0
     # serve the embedded LocalCluster's dashboard on this address (":8787"); null: no dashboard
     dashboard_address: Optional[str] = None
+    # a cluster to build for the multirun, by class: {_target_: dask_jobqueue.SLURMCluster, cores: 1, processes: 1, memory: 4GB}; null: address or embedded
+    cluster: Any = None
+    # the built cluster adapts between adapt_minimum and n_jobs workers instead of keeping n_jobs
+    adapt: bool = False
+    # workers an adapting cluster keeps at least (0: it may give back every batch job while idle)
+    adapt_minimum: int = 1
+    # seconds to wait for the built cluster's first worker (batch jobs may pend); null: no limit
+    worker_timeout: Optional[float] = None
 
 
 @dataclass
@@ -31,6 +39,8 @@ class RayConf:
 @dataclass
 class JobLibLauncherConf:
     _target_: str = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+    # Hydra 1.3 would build dask.cluster's _target_ when it creates the launcher; the launcher builds it
+    _recursive_: bool = False
 
     # maximum number of jobs running at once; -1: one per CPU core, -2: all cores but one
     n_jobs: int = -1
