@@ -15,14 +15,24 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 APP = Path(__file__).parent / "apps" / "bench_app.py"
 
 
 def run_once(python: str, jobs: int, overrides: Sequence[str], workdir: Path) -> float:
     """Wall time of one sweep of ``jobs`` trivial jobs with this launcher and ``overrides``."""
-    sweep = Path(tempfile.mkdtemp(dir=workdir))
+    return sweep_seconds(python, jobs, overrides, Path(tempfile.mkdtemp(dir=workdir)))
+
+
+def sweep_seconds(
+    python: str,
+    jobs: int,
+    overrides: Sequence[str],
+    sweep: Path,
+    env: Optional[Dict[str, str]] = None,
+) -> float:
+    """Wall time of one sweep of ``jobs`` trivial jobs into ``sweep``."""
     started = time.perf_counter()
     subprocess.run(
         [
@@ -39,6 +49,7 @@ def run_once(python: str, jobs: int, overrides: Sequence[str], workdir: Path) ->
         check=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env=env,
     )
     return time.perf_counter() - started
 

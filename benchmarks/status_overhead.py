@@ -16,14 +16,13 @@
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-APP = Path(__file__).parent / "apps" / "bench_app.py"
+from progress_overhead import sweep_seconds
 
 
 def unit(jobs: int, workers: int) -> None:
@@ -94,25 +93,7 @@ def run_once(python: str, jobs: int, pythonpath: Optional[str], workdir: Path) -
     env = dict(os.environ)
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [pythonpath, env.get("PYTHONPATH")]))
-    started = time.perf_counter()
-    subprocess.run(
-        [
-            python,
-            str(APP),
-            "--multirun",
-            f"x=range(0,{jobs})",
-            "work=trivial",
-            "hydra/launcher=joblib",
-            "hydra.launcher.n_jobs=2",
-            "hydra.launcher.progress=none",
-            f"hydra.sweep.dir={sweep}",
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
-    seconds = time.perf_counter() - started
+    seconds = sweep_seconds(python, jobs, ["hydra.launcher.progress=none"], sweep, env)
     assert (sweep / "status.json").exists() != bool(pythonpath), "the wrong launcher ran"
     return seconds
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, List
 
 import pytest
-from conftest import APPS, Run, app_env, jobs, run_app, session_processes
+from conftest import APPS, Run, app_env, jobs, run_app, session_processes, start_app
 
 BACKENDS = ["loky", "multiprocessing"]
 NAMES = "abcdef"
@@ -48,13 +48,7 @@ def sweep(backend: str, sweep_dir: Path, *extra: str, timeout: float = 180, n_jo
 
 def start_in_own_session(args: List[str], cwd: Path, **kwargs: Any) -> "subprocess.Popen[str]":
     """The faulty app, as the leader of a new session: its whole tree can be found later."""
-    return subprocess.Popen(
-        [sys.executable, "-Werror", str(APPS / "faulty.py"), *args],
-        cwd=cwd,
-        start_new_session=True,
-        text=True,
-        **kwargs,
-    )
+    return start_app(APPS / "faulty.py", args, cwd=cwd, **kwargs)
 
 
 def finished(sweep_dir: Path) -> List[str]:

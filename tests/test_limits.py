@@ -7,7 +7,6 @@ whatever a job started and left behind can be found afterwards.
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -15,12 +14,12 @@ import pytest
 from conftest import (
     APPS,
     Run,
-    app_env,
     assert_clear_error,
     gone,
     jobs,
     run_app,
     session_processes,
+    start_app,
 )
 
 LIMITS = APPS / "limits.py"
@@ -36,11 +35,9 @@ def sweep(backend: str, tmp_path: Path, *extra: str, names: str = NAMES) -> Run:
     """The sweep, in a session of its own; asserts that nothing of that session outlives it."""
     if backend == "dask":
         pytest.importorskip("distributed")
-    started = subprocess.Popen(
+    started = start_app(
+        LIMITS,
         [
-            sys.executable,
-            "-Werror",
-            str(LIMITS),
             "-m",
             f"+name={','.join(names)}",
             "hydra/launcher=joblib",
@@ -51,20 +48,17 @@ def sweep(backend: str, tmp_path: Path, *extra: str, names: str = NAMES) -> Run:
             *extra,
         ],
         cwd=tmp_path,
-        env=app_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
     )
     try:
         stdout, stderr = started.communicate(timeout=240)
     finally:
         left = gone(session_processes(started.pid), within=5)
-        names = {pid: _name(pid) for pid in left}
+        shown = {pid: _name(pid) for pid in left}
         for pid in left:
             os.kill(pid, 9)
-    assert left == [], f"processes of the sweep still running: {names}\n{stdout}{stderr}"
+    assert left == [], f"processes of the sweep still running: {shown}\n{stdout}{stderr}"
     return Run(started.returncode, stdout, stderr, 0.0)
 
 

@@ -10,14 +10,13 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 from typing import List
 
 import pytest
-from conftest import APPS, REPO, app_env, assert_clear_error, jobs, run_app
+from conftest import APPS, REPO, assert_clear_error, jobs, run_app, start_app
 
 pytestmark = [pytest.mark.dask, pytest.mark.slurm, pytest.mark.slow]
 
@@ -77,6 +76,8 @@ def slurm_cluster(tmp_path: Path, name: str, *extra: str) -> str:
         "memory:1GB",
         "walltime:'00:10:00'",
         "interface:lo",  # the scheduler and the workers listen on loopback only
+        # its dashboard too, on a free port (8787 may be taken: a warning, an error under -Werror)
+        "scheduler_options:{dashboard_address:'127.0.0.1:0'}",
         f"job_name:{name}",
         f"log_directory:{tmp_path / 'slurm-logs'}",
         *extra,
@@ -146,14 +147,8 @@ def test_an_interrupt_cancels_the_batch_jobs(slurm: None, tmp_path: Path, job_na
     count.mkdir()
     args = ["-m", "+name=a,b,c,d", "+work=120", f"+count_dir={count}", *DASK,
             "hydra.launcher.n_jobs=2", slurm_cluster(tmp_path, job_name), "hydra.sweep.dir=s"]
-    proc = subprocess.Popen(
-        [sys.executable, "-Werror", str(APPS / "batch_job.py"), *args],
-        cwd=tmp_path,
-        env=app_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
+    proc = start_app(
+        APPS / "batch_job.py", args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     try:
         deadline = time.monotonic() + 120
@@ -226,14 +221,8 @@ def test_an_interrupt_while_the_batch_jobs_pend_cancels_them(
     args = ["-m", "task=1,2", *DASK, "hydra.launcher.n_jobs=2",
             slurm_cluster(tmp_path, job_name, "job_extra_directives:['--begin=now+3600']"),
             "hydra.sweep.dir=s"]
-    proc = subprocess.Popen(
-        [sys.executable, "-Werror", str(EXAMPLE), *args],
-        cwd=tmp_path,
-        env=app_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
+    proc = start_app(
+        EXAMPLE, args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     try:
         deadline = time.monotonic() + 60

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
-from conftest import APPS, app_env, jobs, session_processes
+from conftest import APPS, app_env, jobs, session_processes, start_app
 from fakes import crashed
 
 from hydra_plugins.hydra_joblib_launcher import _status
@@ -135,13 +135,8 @@ def test_status_of_a_running_sweep_then_of_a_killed_one_then_its_report(tmp_path
         f"+gate={gate}",
         "+gated=[3,4,5]",
     ]
-    proc = subprocess.Popen(
-        [sys.executable, "-Werror", str(APPS / "watched.py"), *args],
-        cwd=tmp_path,
-        env=app_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+    proc = start_app(
+        APPS / "watched.py", args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         live = wait_for(sweep_dir, {"completed": 1, "failed": 1, "running": 2, "waiting": 1})
