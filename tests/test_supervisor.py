@@ -197,6 +197,24 @@ def test_retries_are_spent_then_the_last_attempt_is_the_outcome(tmp_path: Path) 
     assert_each_job_ended_once(specs, report, returns)
 
 
+def test_a_job_waiting_for_its_retry_is_not_run_again_when_the_pool_breaks(
+    tmp_path: Path,
+) -> None:
+    specs = make_specs(tmp_path, 5)
+    main = FakePool(Break(after=3, in_flight=frozenset({3})), crashes={1})
+    quarantine = Quarantine(FakePool())
+    report = FakeReport()
+
+    returns = supervise(
+        specs, pools=Pools(main, quarantine), report=report, retries=Retries(retries=1)
+    )
+
+    assert main.handed == [[0, 1, 2, 3, 4], [4]]  # not #1: it waits for its retry
+    assert quarantine.pool.handed == [[1, 3]]  # #3 broke the pool, alone: its retry too
+    assert_completed(returns, range(5))
+    assert_each_job_ended_once(specs, report, returns)
+
+
 def test_what_runs_again() -> None:
     spec = make_specs(Path("unused"), 1)[0]
     died = crashed(spec)

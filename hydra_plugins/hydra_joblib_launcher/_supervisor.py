@@ -123,7 +123,10 @@ def supervise(
                     record(outcome)
                 queue = []
             except PoolBroken as broken:
-                unfinished = [spec for spec in queue if spec.num not in outcomes]
+                retrying = {spec.num for spec in again}  # ended; their next attempt waits
+                unfinished = [
+                    spec for spec in queue if spec.num not in outcomes and spec.num not in retrying
+                ]
                 found = triage(unfinished, broken, blind=fruitless > 0)
                 progress = len(outcomes) > ended or not found.fruitless
                 fruitless = 0 if progress else fruitless + 1
