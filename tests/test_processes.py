@@ -20,6 +20,7 @@ still raise its own limit.
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -218,3 +219,49 @@ def test_a_start_method_the_script_sets_holds_in_every_job(
     assert [job["start_method"] for job in result[1]] == [method] * JOBS
     assert_every_job_completed(result)  # the Pool's spawned processes found the function
     assert [job["sum"] for job in result[1]] == [SQUARES_10] * JOBS
+
+
+# -- backend=multiprocessing: each job's process forked from the launcher's fork server -------
+
+ZYGOTE = pytest.mark.skipif(
+    not (os.uname().sysname == "Linux" and (3, 10) <= sys.version_info[:2] <= (3, 13)),
+    reason="the fork server is forked from the launching process on Linux, Python 3.10 to 3.13",
+)
+
+
+@ZYGOTE
+def test_on_multiprocessing_the_script_runs_once_and_each_job_its_own_exit_hooks(
+    tmp_path: Path,
+) -> None:
+    """A process per job, as before, but not a new interpreter that imports the script again.
+
+    The script's top level (torch's import, in a training script) runs once, in the
+    launching process, and its exit hook there alone, as under the basic launcher; the
+    exit hooks a job registers run as its process ends.
+    """
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    result = sweep("top_level.py", "multiprocessing", tmp_path / "sweep",
+                   env={"NOTES_DIR": str(notes)})  # fmt: skip
+    assert result[0].returncode == 0, result[0].output
+    ran = sorted(path.name for path in notes.iterdir())
+    [top] = [name for name in ran if name.startswith("top-")]
+    launcher = top.split("-")[1]
+    assert [name for name in ran if name.startswith("script-exit-")] == [f"script-exit-{launcher}"]
+    jobs = {name.split("-")[1]: name.split("-")[2] for name in ran if name.startswith("job-") and "exit" not in name}  # fmt: skip
+    assert sorted(jobs) == [str(x) for x in range(JOBS)], ran
+    assert len(set(jobs.values())) == JOBS and launcher not in jobs.values(), ran  # a process each
+    for x, pid in jobs.items():
+        assert f"job-exit-{x}-{pid}" in ran, ran
+
+
+@ZYGOTE
+def test_a_torch_job_finds_what_torch_imports_lazily_loaded_already(
+    torch_sweep: Sweep, request: pytest.FixtureRequest
+) -> None:
+    """torch._dynamo (~1 s of CPU at the first optimizer) is imported once, in the fork server."""
+    if request.node.callspec.params["torch_sweep"] == "devices":
+        pytest.skip("a device pool starts a new interpreter per job, its devices set first")
+    assert_every_job_started(torch_sweep)
+    assert [job["dynamo_loaded"] for job in torch_sweep[1]] == [True] * JOBS
+

@@ -1,14 +1,16 @@
 """backend=multiprocessing, device pools and quarantine runs: one new process per job.
 
     FreshProcessPool.run(specs) ─ joblib.Parallel(backend="threading") ─ a thread per running job:
-        take devices ─▶ python -m ._worker (spec on stdin, env with the devices) ─▶ wait
+        without devices, where the fork server forked from the launching process runs:
+                     ForkedProcess.start(spec) (see _forked) ─▶ wait
+        else: take devices ─▶ python -m ._worker (spec on stdin, env with the devices) ─▶ wait
         ◀─ the outcome the process wrote into its job files, or a failed one said by its exit
 
-Every job runs in a new Python process started for it alone, with its own
-environment, babysat by one of joblib's threads. A death costs only that job,
-a job past its timeout is killed without touching the others, and environment
-variables such as ``CUDA_VISIBLE_DEVICES`` are in place before the interpreter
-starts. The process leads a process group of its own: when it has exited, or is
+Every job runs in a new process started for it alone, babysat by one of
+joblib's threads. A death costs only that job, and a job past its timeout is
+killed without touching the others. A device pool starts a new interpreter,
+with environment variables such as ``CUDA_VISIBLE_DEVICES`` in place before
+anything in it could read them. The process leads a process group of its own: when it has exited, or is
 stopped by an interrupt, whatever of the group still runs (what a job that died
 had started) is stopped, and only then are its devices released.
 """
@@ -20,9 +22,10 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 from ._devices import DevicePool
+from ._forked import ForkedProcess
 from ._limits import HARD_STOP_GRACE_S
 from ._options import LaunchOptions
 from ._outcome import (
@@ -40,6 +43,7 @@ from ._outcome import (
 from ._plan import JobSpec
 from ._processes import process_setup
 from ._tree import TERM_GRACE_S, stop_groups
+from ._zygote import fork_server_started_here
 
 # A job's process leads a new process group from its first instruction (Python
 # 3.11's process_group; 3.10 has a new session, which makes a new group too).
@@ -47,6 +51,9 @@ OWN_GROUP: Dict[str, Any] = (
     {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
 )
 
+
+# A job's own process: a new interpreter, or forked from the fork server.
+JobProcess = Union["subprocess.Popen[bytes]", ForkedProcess]
 
 # How often the babysitting thread looks at a job with a time limit.
 WAIT_POLL_S = 0.5
@@ -64,7 +71,9 @@ class FreshProcessPool:
         # As loky's workers: each job's share of the CPUs by joblib's rule.
         self._setup = process_setup(options, n_workers)
         self._env = {**os.environ, **dict(self._setup.environ)}
-        self._running: Dict[int, Tuple[JobSpec, "subprocess.Popen[bytes]"]] = {}
+        # Forked from the fork server where it runs (see _forked), else a new interpreter.
+        self._forked = devices is None and fork_server_started_here()
+        self._running: Dict[int, Tuple[JobSpec, JobProcess]] = {}
         self._lock = threading.Lock()
         self._stopping = False
 
@@ -126,10 +135,14 @@ class FreshProcessPool:
         stopped.pop(pgid, None)  # the job's own process (killed for an interrupt)
         report_stopped(spec, how, stopped)
 
-    def _start(self, spec: JobSpec, env: Dict[str, str]) -> "Optional[subprocess.Popen[bytes]]":
+    def _start(self, spec: JobSpec, env: Dict[str, str]) -> "Optional[JobProcess]":
         with self._lock:
             if self._stopping:
                 return None
+            if self._forked:
+                forked = ForkedProcess.start(spec)
+                self._running[spec.num] = (spec, forked)
+                return forked
             proc = subprocess.Popen(
                 [sys.executable, "-m", f"{__package__}._worker"],
                 stdin=subprocess.PIPE,
@@ -146,7 +159,7 @@ class FreshProcessPool:
         return proc
 
     @staticmethod
-    def _wait(proc: "subprocess.Popen[bytes]", spec: JobSpec) -> Optional[int]:
+    def _wait(proc: "JobProcess", spec: JobSpec) -> Optional[int]:
         """The exit status, or None when the job overran its timeout and was killed here.
 
         A backstop past the job's own hard stop (which first stops the processes the

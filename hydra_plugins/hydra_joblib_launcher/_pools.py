@@ -24,6 +24,8 @@ from ._loky import warm_up as warm_up_loky
 from ._options import LaunchOptions
 from ._outcome import JobOutcome
 from ._plan import JobSpec
+from ._processes import users_start_method
+from ._zygote import runs_as_script, start_fork_server
 
 
 class Pool(Protocol):
@@ -43,12 +45,19 @@ class Pools:
 
 
 def warm_up(options: LaunchOptions, task_function: Callable[..., object]) -> None:
-    """Start the workers while Hydra composes the sweep, where the backend keeps workers.
+    """Start what the jobs' processes come from while Hydra composes the sweep.
 
-    Other backends start their processes per job or live on a cluster: nothing to warm.
+    loky's workers; for backend=multiprocessing, the fork server each job's process
+    is forked from. Device pools start a new interpreter per job and clusters live
+    elsewhere: nothing to warm.
     """
-    if options.backend == "loky" and options.devices is None:
+    if options.devices is not None:
+        return
+    if options.backend == "loky":
         warm_up_loky(options, task_function)
+    elif options.backend == "multiprocessing" and runs_as_script(task_function):
+        users_start_method()  # read before the fork server starts processes
+        start_fork_server()  # each job's process is forked from it (see _forked)
 
 
 def jobs_at_once(options: LaunchOptions, cpu_count: int) -> Tuple[int, str]:

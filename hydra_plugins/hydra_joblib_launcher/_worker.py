@@ -1,9 +1,12 @@
-"""Entry point of a process started for one job: ``python -m hydra_plugins.hydra_joblib_launcher._worker``.
+"""Entry points of a process started for one job.
 
-Reads one pickled :class:`JobSpec` from standard input, runs it, and writes
-the pickled :class:`JobOutcome` into the job's files atomically, so the
-launcher reads either a whole outcome or none: no outcome and a non-zero exit
-status means the process died.
+``python -m hydra_plugins.hydra_joblib_launcher._worker`` (:func:`main`), a new
+interpreter: reads one pickled :class:`JobSpec` from standard input. Or
+:func:`run_forked`, in a process forked from the launcher's fork server (see
+:mod:`._forked`). Either runs the job and writes the pickled
+:class:`JobOutcome` into the job's files atomically, so the launcher reads
+either a whole outcome or none: no outcome and a non-zero exit status means
+the process died.
 """
 
 import os
@@ -20,6 +23,26 @@ def main() -> int:
     outcome = run_job_spec(spec, long_lived=False)
     spec.files.write_outcome(pickle.dumps(outcome))
     return 0
+
+
+def run_forked(payload: bytes, launcher_pid: int) -> None:
+    """Run one job in this process, forked from the fork server for it alone.
+
+    The process leads a group of its own, adopts its job's orphans and ends with
+    the launching process, as a loky worker does. The exit hooks the job
+    registered run as it ends, as at the exit of a new interpreter (the server
+    dropped the launching process's).
+    """
+    import atexit
+
+    from ._processes import init_worker
+    from ._run import run_job_spec
+
+    init_worker({}, launcher_pid)
+    spec = pickle.loads(payload)
+    outcome = run_job_spec(spec, long_lived=False)
+    spec.files.write_outcome(pickle.dumps(outcome))
+    atexit._run_exitfuncs()
 
 
 if __name__ == "__main__":

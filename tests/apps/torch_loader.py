@@ -12,6 +12,7 @@ its own thread limit to ``k`` first (``torch.set_num_threads``).
 import json
 import multiprocessing
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -54,6 +55,7 @@ def thread_pools() -> dict:
 def main(cfg: DictConfig) -> float:
     seen = {
         "pid": os.getpid(),
+        "dynamo_loaded": "torch._dynamo" in sys.modules,
         "start_method": multiprocessing.get_start_method(),
         "at_start": thread_pools(),
     }
