@@ -112,17 +112,8 @@ def test_devices_fewer_than_devices_per_job() -> None:
     assert "list more devices or lower devices_per_job" in message
 
 
-@pytest.mark.parametrize("backend", ["dask", "ray"])
-def test_inner_max_num_threads_refused_where_it_cannot_be_applied(backend: str) -> None:
-    message = refused({"backend": backend, "inner_max_num_threads": 2})
-    assert message.startswith("hydra.launcher.inner_max_num_threads=2 is not supported; ")
-    assert f"backend={backend} cannot apply it" in message
-    assert "use loky or multiprocessing" in message
-    assert "OMP_NUM_THREADS" in message
-
-
-@pytest.mark.parametrize("backend", ["loky", "multiprocessing"])
-def test_inner_max_num_threads_accepted_by_process_backends(backend: str) -> None:
+@pytest.mark.parametrize("backend", ["loky", "multiprocessing", "dask", "ray"])
+def test_inner_max_num_threads_accepted_by_every_backend(backend: str) -> None:
     options = validate({"backend": backend, "inner_max_num_threads": 2})
     assert options.inner_max_num_threads == 2
     assert "inner_max_num_threads=2" in options.joblib_settings(4)

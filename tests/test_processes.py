@@ -36,6 +36,11 @@ POOLS = {
     "multiprocessing": ["hydra.launcher.backend=multiprocessing"],
     "devices": ["hydra.launcher.devices=[a,b]"],
 }
+# The clusters a sweep starts itself: the embedded Dask LocalCluster, a local Ray.
+CLUSTERS = {
+    "dask": ["hydra.launcher.backend=dask"],
+    "ray": ["hydra.launcher.backend=ray"],
+}
 N_JOBS = 2
 JOBS = 4  # two per worker: a reused loky worker runs a job after another one
 SQUARES_100 = sum(i * i for i in range(100))
@@ -59,7 +64,7 @@ def sweep(
         [
             "-m",
             "hydra/launcher=joblib",
-            *POOLS[pool],
+            *{**POOLS, **CLUSTERS}[pool],
             f"hydra.launcher.n_jobs={N_JOBS}",
             "hydra.launcher.progress=none",
             f"hydra.sweep.dir={sweep_dir}",
@@ -265,3 +270,26 @@ def test_a_torch_job_finds_what_torch_imports_lazily_loaded_already(
     assert_every_job_started(torch_sweep)
     assert [job["dynamo_loaded"] for job in torch_sweep[1]] == [True] * JOBS
 
+
+# -- the embedded Dask cluster and a local Ray: thread limits as on loky ----------------------
+
+@pytest.mark.parametrize("threads", [None, 2])
+@pytest.mark.parametrize("cluster", list(CLUSTERS))
+def test_a_torch_job_on_a_cluster_started_here_gets_its_share_of_threads(
+    cluster: str, threads: Optional[int], tmp_path: Path
+) -> None:
+    """The jobs share this machine: joblib's rule, or inner_max_num_threads, as on loky.
+
+    (Dask's nannies and Ray would give each worker 1 thread: 2 asks for more.)
+    """
+    pytest.importorskip("torch", reason=NO_TORCH)
+    pytest.importorskip({"dask": "distributed", "ray": "ray"}[cluster])
+    extra = [] if threads is None else [f"hydra.launcher.inner_max_num_threads={threads}"]
+    result = sweep("torch_loader.py", cluster, tmp_path / "sweep", *extra, timeout=240)
+    assert_every_job_started(result)  # the DataLoader then starts as Dask's and Ray's workers do
+    limit = share(threads)
+    for job in result[1]:
+        found = job["at_start"]
+        assert found["torch"] == limit["OMP_NUM_THREADS"], job
+        assert found["threadpoolctl"]["openmp"] == limit["OMP_NUM_THREADS"], job
+        assert found["threadpoolctl"]["openblas"] == limit["OPENBLAS_NUM_THREADS"], job

@@ -46,6 +46,7 @@ from ._errors import LauncherConfigError, WorkerCannotRun
 from ._options import LaunchOptions
 from ._outcome import STOPPED, JobOutcome, cannot_run
 from ._plan import JobSpec
+from ._processes import ProcessSetup, limits_only, thread_limits
 from ._run import run_job_spec, stop_running_job
 
 
@@ -63,6 +64,21 @@ def engine_retries(options: LaunchOptions) -> int:
     and a job that was only queued on a worker that died runs again.
     """
     return options.retries + 2
+
+
+def cluster_thread_limits(options: LaunchOptions, cluster: "Cluster") -> Optional[ProcessSetup]:
+    """The thread limits of a job on ``cluster``, set as it starts (see _processes.as_launched).
+
+    On a cluster started here (the embedded LocalCluster, a local Ray), the jobs
+    share this machine: each gets its share, as on loky (joblib's rule, or
+    ``inner_max_num_threads``). On another machine, ``inner_max_num_threads`` if
+    given; else the cluster's own (Dask's nannies and Ray set 1 thread per worker).
+    """
+    if cluster.started_here and not cluster.kind:
+        return limits_only(thread_limits(options, cluster.n_workers))
+    if options.inner_max_num_threads is not None:
+        return limits_only(thread_limits(options, 1))
+    return None
 
 
 INSTALL = 'pip install "hydra-joblib-launcher[{extra}]"'

@@ -16,7 +16,13 @@ import time
 from dataclasses import replace
 from typing import Any, Dict, FrozenSet, Iterator, Optional, Sequence, Set
 
-from ._cluster import JobTask, job_of_task, stop_jobs_of, worker_deaths_allowed
+from ._cluster import (
+    JobTask,
+    cluster_thread_limits,
+    job_of_task,
+    stop_jobs_of,
+    worker_deaths_allowed,
+)
 from ._dask_cluster import ONE_THREAD, DaskConnection, check_threads, close_dask
 from ._dask_devices import GPU, gpu_workers
 from ._errors import LauncherError, PoolBroken, WorkerCannotRun
@@ -192,8 +198,13 @@ class DaskPool:
 
         client = self._connection.client
         check_threads(client)
+        limits = cluster_thread_limits(self._options, self._connection.cluster)
         specs = [
-            replace(spec, max_worker_deaths=worker_deaths_allowed(self._options, spec))
+            replace(
+                spec,
+                max_worker_deaths=worker_deaths_allowed(self._options, spec),
+                process_setup=limits,
+            )
             for spec in specs
         ]
         self._marker_dirs.update(spec.marker_dir for spec in specs)

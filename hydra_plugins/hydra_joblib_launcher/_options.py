@@ -175,20 +175,12 @@ def _batch_size(value: Any, backend: str) -> Union[int, str]:
     return number
 
 
-def _inner_max_num_threads(value: Any, backend: str) -> Optional[int]:
+def _inner_max_num_threads(value: Any) -> Optional[int]:
     if value is None:
         return None
     inner = whole_number("inner_max_num_threads", value, "give a positive integer or null")
     if inner < 1:
         raise refuse("inner_max_num_threads", inner, "give a positive integer or null")
-    if backend in DISTRIBUTED_BACKENDS:
-        raise refuse(
-            "inner_max_num_threads",
-            inner,
-            f"backend={backend} cannot apply it (its workers are started outside the "
-            f"launcher); use loky or multiprocessing",
-            "On a cluster, set OMP_NUM_THREADS and friends where the workers start",
-        )
     return inner
 
 
@@ -218,7 +210,7 @@ def validate(
             "require=sharedmem asks for threads sharing one process, and Hydra jobs "
             "need a process each",
         )
-    inner = _inner_max_num_threads(config.get("inner_max_num_threads"), backend)
+    inner = _inner_max_num_threads(config.get("inner_max_num_threads"))
     verbose = whole_number("verbose", config.get("verbose", 0), "give a whole number, 0 or more")
     if verbose < 0:
         raise refuse("verbose", verbose, "give a whole number, 0 or more")

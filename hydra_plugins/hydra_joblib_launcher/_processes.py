@@ -53,6 +53,8 @@ class ProcessSetup:
     # How multiprocessing's spawn would import the app's main module in a new process
     # (init_main_from_path or init_main_from_name); empty: not at all (an unguarded script).
     main: Tuple[Tuple[str, str], ...] = ()
+    # False: the thread limits alone (a cluster's worker keeps its start method and main).
+    plain_run: bool = True
 
 
 @functools.lru_cache(maxsize=None)
@@ -107,8 +109,21 @@ def process_setup(options: LaunchOptions, n_jobs: int) -> ProcessSetup:
     )
 
 
+def limits_only(environ: Dict[str, str]) -> ProcessSetup:
+    """The setup of a cluster's workers: thread limits, nothing else of a plain run."""
+    return ProcessSetup(start_method=None, environ=tuple(sorted(environ.items())), plain_run=False)
+
+
 def as_launched(setup: ProcessSetup) -> None:
     """Give the job the process a plain run of the app would: see the module's docstring."""
+    if setup.plain_run:
+        _as_plain_run(setup)
+    environ = dict(setup.environ)
+    os.environ.update(environ)  # for the processes the job starts (a previous job may have changed them)
+    limit_thread_pools(environ)
+
+
+def _as_plain_run(setup: ProcessSetup) -> None:
     import multiprocessing
 
     # force: this process's own start fixed the method. The launcher's workers do
@@ -122,9 +137,6 @@ def as_launched(setup: ProcessSetup) -> None:
         # the job imports the script, not the launcher's worker module, to find what
         # it is sent by name. Nothing happens where it is already (the fork server's).
         spawn.prepare(dict(setup.main))
-    environ = dict(setup.environ)
-    os.environ.update(environ)  # for the processes the job starts (a previous job may have changed them)
-    limit_thread_pools(environ)
 
 
 def limit_thread_pools(environ: Dict[str, str]) -> None:

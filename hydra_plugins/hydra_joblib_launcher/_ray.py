@@ -17,6 +17,7 @@ from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 from ._cluster import (
     Cluster,
     JobTask,
+    cluster_thread_limits,
     engine_retries,
     missing_extra,
     n_at_once,
@@ -274,8 +275,13 @@ class RayPool:
         from joblib import Parallel, delayed, parallel_config
         from ray.exceptions import RayError
 
+        limits = cluster_thread_limits(self._options, self._connection.cluster)
         specs = [
-            replace(spec, max_worker_deaths=worker_deaths_allowed(self._options, spec))
+            replace(
+                spec,
+                max_worker_deaths=worker_deaths_allowed(self._options, spec),
+                process_setup=limits,
+            )
             for spec in specs
         ]
         n_actors = self._connection.n_actors

@@ -163,7 +163,8 @@ def _task_of(context: SharedContext, spec: JobSpec) -> TaskFunction:
         return context.task()
     as_launched(spec.process_setup)
     task_function = context.task()
-    bind_main(task_function)
+    if spec.process_setup.plain_run:
+        bind_main(task_function)
     return task_function
 
 
