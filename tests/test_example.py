@@ -150,8 +150,10 @@ def test_multiprocessing_with_one_job_at_a_time_still_runs_each_job_in_its_own_p
     pids = [job["pid"] for job in seen]
     assert len(set(pids)) == 3, pids
     assert proc.pid not in pids
-    # started by the launcher itself, one after the other
-    assert all(job["ppid"] == proc.pid for job in seen), (proc.pid, seen)
+    # started by the launcher, one after the other: by the launching process itself, or by
+    # the fork server it forked (Linux, Python 3.10 to 3.13), a parent common to all jobs
+    parents = {job["ppid"] for job in seen}
+    assert len(parents) == 1 and not parents & {*pids}, (proc.pid, seen)
     spans = sorted((job["started"], job["ended"]) for job in seen)
     for (_, ended), (next_started, _) in zip(spans, spans[1:]):
         assert ended <= next_started, spans

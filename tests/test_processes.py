@@ -293,3 +293,24 @@ def test_a_torch_job_on_a_cluster_started_here_gets_its_share_of_threads(
         assert found["torch"] == limit["OMP_NUM_THREADS"], job
         assert found["threadpoolctl"]["openmp"] == limit["OMP_NUM_THREADS"], job
         assert found["threadpoolctl"]["openblas"] == limit["OPENBLAS_NUM_THREADS"], job
+
+
+# -- the global random generators: not shared by processes forked from one server ------------
+
+
+@pytest.mark.parametrize("pool", list(POOLS))
+def test_jobs_in_different_processes_draw_different_random_numbers(
+    pool: str, tmp_path: Path
+) -> None:
+    """Unseeded draws differ between jobs, as they do between two plain runs of the app.
+
+    A process forked from the launcher's fork server starts with a copy of its
+    memory; Python's ``random`` and NumPy's global generator reseed themselves from
+    the OS after a fork (NumPy 2), as a new interpreter seeds them as it starts.
+    (torch's default generator starts from the same fixed seed in every process.)
+    """
+    pytest.importorskip("numpy")
+    run, seen = sweep("random_draws.py", pool, tmp_path / "sweep")
+    assert_every_job_completed((run, seen))
+    assert len({job["numpy"] for job in seen}) == JOBS, seen
+    assert len({job["random"] for job in seen}) == JOBS, seen
