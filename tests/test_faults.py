@@ -361,3 +361,24 @@ def _override(job_dir: Path, key: str) -> int:
     """The value job ``job_dir`` got for ``+key``, from the overrides Hydra saved there."""
     saved = (job_dir / ".hydra" / "overrides.yaml").read_text().split()
     return int(next(item.split("=", 1)[1] for item in saved if item.startswith(f"+{key}=")))
+
+
+def test_many_short_jobs_that_kill_their_process_are_each_told_with_their_exit_status(
+    tmp_path: Path,
+) -> None:
+    """On multiprocessing, 150 jobs end with os._exit(3), 6 at a time: each is FAILED with status 3.
+
+    A job's process forked from the fork server is started and waited for by one of
+    several threads at once; its exit status, read from the server, once came back
+    as 255 (two threads had read it at once).
+    """
+    sweep_dir = tmp_path / "sweep"
+    run = run_app(
+        APPS / "exits.py",
+        [*launcher_args("multiprocessing", sweep_dir, n_jobs=6), "+x=range(150)"],
+        cwd=tmp_path,
+    )
+    assert "150 jobs, 0 completed, 150 failed" in run.stdout, run.output
+    for num in range(150):
+        told = f"job #{num} (+x={num}) did not finish: its worker process exited with status 3"
+        assert told in run.output, num

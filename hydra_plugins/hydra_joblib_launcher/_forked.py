@@ -16,10 +16,18 @@ must be in place before anything in the process could have read them.
 import os
 import pickle
 import subprocess
+import threading
 from typing import Any, Optional
 
 from ._plan import JobSpec
 from ._worker import run_forked
+
+# multiprocessing reads a process's exit status from the server once, in
+# Popen.poll(), which is not thread-safe: Process.start() polls every process
+# started before (multiprocessing.process._cleanup), and two threads polling one
+# process at once left one of them without the status (seen as exit status 255,
+# CPython 3.11). Every start and poll of these processes holds this lock.
+_polling = threading.Lock()
 
 
 class ForkedProcess:
@@ -38,17 +46,22 @@ class ForkedProcess:
             args=(pickle.dumps(spec), os.getpid()),
             name=f"hydra-joblib-launcher-job-{spec.num}",
         )
-        process.start()
+        with _polling:
+            process.start()
         return cls(process)
 
     def wait(self, timeout: Optional[float] = None) -> int:
         """Its exit status (minus the signal that killed it); ``subprocess.TimeoutExpired`` if it runs on."""
-        self._process.join(timeout)
-        code = self._process.exitcode
+        from multiprocessing.connection import wait
+
+        wait([self._process.sentinel], timeout)  # readable once the server sent the status
+        with _polling:
+            code = self._process.exitcode
         if code is None:
             raise subprocess.TimeoutExpired(self._process.name, timeout or 0.0)
         return int(code)
 
     def kill(self) -> None:
-        if self._process.exitcode is None:
-            self._process.kill()
+        with _polling:
+            if self._process.exitcode is None:
+                self._process.kill()
