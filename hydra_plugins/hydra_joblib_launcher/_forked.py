@@ -51,7 +51,10 @@ class ForkedProcess:
         return cls(process)
 
     def wait(self, timeout: Optional[float] = None) -> int:
-        """Its exit status (minus the signal that killed it); ``subprocess.TimeoutExpired`` if it runs on."""
+        """Its exit status (minus the signal that killed it).
+
+        Raises ``subprocess.TimeoutExpired`` if it still runs after ``timeout`` seconds.
+        """
         from multiprocessing.connection import wait
 
         wait([self._process.sentinel], timeout)  # readable once the server sent the status

@@ -10,9 +10,10 @@ Every job runs in a new process started for it alone, babysat by one of
 joblib's threads. A death costs only that job, and a job past its timeout is
 killed without touching the others. A device pool starts a new interpreter,
 with environment variables such as ``CUDA_VISIBLE_DEVICES`` in place before
-anything in it could read them. The process leads a process group of its own: when it has exited, or is
-stopped by an interrupt, whatever of the group still runs (what a job that died
-had started) is stopped, and only then are its devices released.
+anything in it could read them. The process leads a process group of its own:
+when it has exited, or is stopped by an interrupt, whatever of the group still
+runs (what a job that died had started) is stopped, and only then are its
+devices released.
 """
 
 import dataclasses

@@ -15,6 +15,9 @@ job starts:
     thread-limit variables                  ─▶ os.environ, for processes the job starts
     native pools already loaded             ─▶ threadpoolctl (OpenMP, BLAS), torch.set_num_threads
     the script's classes sent by value      ─▶ bound under their names in __main__
+
+The cluster backends' jobs get the two thread-limit lines alone (:func:`limits_only`):
+their workers keep the start method and main module their cluster gave them.
 """
 
 import contextlib
