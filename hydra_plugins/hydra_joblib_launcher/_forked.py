@@ -14,7 +14,6 @@ must be in place before anything in the process could have read them.
 """
 
 import os
-import pickle
 import subprocess
 import threading
 from typing import Any, Optional
@@ -43,7 +42,7 @@ class ForkedProcess:
 
         process = multiprocessing.get_context("forkserver").Process(
             target=run_forked,
-            args=(pickle.dumps(spec), os.getpid()),
+            args=(spec, os.getpid()),  # pickled once, with the process, for the server
             name=f"hydra-joblib-launcher-job-{spec.num}",
         )
         with _polling:

@@ -12,6 +12,10 @@ the process died.
 import os
 import pickle
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._plan import JobSpec
 
 
 def main() -> int:
@@ -25,7 +29,7 @@ def main() -> int:
     return 0
 
 
-def run_forked(payload: bytes, launcher_pid: int) -> None:
+def run_forked(spec: "JobSpec", launcher_pid: int) -> None:
     """Run one job in this process, forked from the fork server for it alone.
 
     The process leads a group of its own, adopts its job's orphans and ends with
@@ -39,7 +43,6 @@ def run_forked(payload: bytes, launcher_pid: int) -> None:
     from ._run import run_job_spec
 
     init_worker({}, launcher_pid)
-    spec = pickle.loads(payload)
     outcome = run_job_spec(spec, long_lived=False)
     spec.files.write_outcome(pickle.dumps(outcome))
     atexit._run_exitfuncs()
