@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import joblib
 import pytest
+from omegaconf import OmegaConf
 
 from conftest import APPS, Run, run_app
 
@@ -118,7 +119,7 @@ def torch_sweep(request: Any, tmp_path_factory: pytest.TempPathFactory) -> Sweep
     """torch_loader.py, every job raising its own limit to 2 after noting what it found."""
     pytest.importorskip("torch", reason=NO_TORCH)
     sweep_dir = tmp_path_factory.mktemp(f"torch-{request.param}") / "sweep"
-    return sweep("torch_loader.py", request.param, sweep_dir, "+raise_to=2")
+    return sweep("torch_loader.py", request.param, sweep_dir, "+raise_to=2", COMPOSED_AHEAD_SHOWN)
 
 
 @pytest.fixture(scope="module", params=list(POOLS))
@@ -272,6 +273,70 @@ def test_a_torch_job_finds_what_torch_imports_lazily_loaded_already(
     assert_every_job_started(torch_sweep)
     forked = request.node.callspec.params["torch_sweep"] != "devices"
     assert [job["dynamo_loaded"] for job in torch_sweep[1]] == [forked] * JOBS
+
+
+# The launcher's debug log says which jobs' configs it composed while the workers started.
+COMPOSED_AHEAD_SHOWN = "hydra.verbose=hydra_plugins.hydra_joblib_launcher._plan"
+
+
+@pytest.fixture(scope="module")
+def torch_basic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """torch_sweep's jobs under the basic launcher: its sweep dir."""
+    pytest.importorskip("torch", reason=NO_TORCH)
+    sweep_dir = tmp_path_factory.mktemp("torch-basic") / "sweep"
+    run = run_app(
+        APPS / "torch_loader.py",
+        ["-m", f"hydra.sweep.dir={sweep_dir}", f"+x=range({JOBS})", "+raise_to=2"],
+        cwd=sweep_dir.parent,
+        timeout=150,
+    )
+    assert run.returncode == 0, run.output
+    return sweep_dir
+
+
+def saved_configs(sweep_dir: Path) -> List[Dict[str, Any]]:
+    """What each job saved of its config, less what names the launcher and the dirs."""
+    saved = []
+    for num in range(JOBS):
+        hydra_dir = sweep_dir / str(num) / ".hydra"
+        hydra = OmegaConf.load(hydra_dir / "hydra.yaml").hydra
+        choices = OmegaConf.to_container(hydra.runtime.choices)
+        assert isinstance(choices, dict)
+        choices.pop("hydra/launcher")
+        job = OmegaConf.to_container(hydra.job)
+        assert isinstance(job, dict)
+        job.pop("id")  # the basic launcher's is the number, the joblib launcher's name_number
+        saved.append(
+            {
+                "config.yaml": (hydra_dir / "config.yaml").read_text(),
+                "overrides.yaml": (hydra_dir / "overrides.yaml").read_text(),
+                "hydra.job": job,
+                "hydra.overrides.task": list(hydra.overrides.task),
+                "hydra.runtime.choices": choices,
+            }
+        )
+    return saved
+
+
+@ZYGOTE
+def test_the_configs_composed_while_the_workers_start_are_the_basic_launchers(
+    torch_sweep: Sweep, torch_basic: Path, request: pytest.FixtureRequest
+) -> None:
+    """While the fork server imports torch._dynamo, the launcher composes the first jobs' configs.
+
+    Each job then saves the config a job of the basic launcher saves (a device
+    pool's jobs compose their own, in their new interpreters).
+    """
+    assert_every_job_completed(torch_sweep)
+    run, _ = torch_sweep
+    pool = request.node.callspec.params["torch_sweep"]
+    shown = "Composed while the workers started: the configs of #0, #1"
+    assert (shown in run.output) == (pool != "devices"), run.output
+    sweep_dir = Path(str(run.output).split("sweep output dir : ")[1].split()[0])
+    assert saved_configs(sweep_dir) == saved_configs(torch_basic)
+    # The joblib launcher names a job as the released plugin does.
+    saved = [OmegaConf.load(sweep_dir / str(num) / ".hydra" / "hydra.yaml") for num in range(JOBS)]
+    assert [job.hydra.job.id for job in saved] == [f"torch_loader_{num}" for num in range(JOBS)]
 
 
 # -- the embedded Dask cluster and a local Ray: thread limits as on loky ----------------------

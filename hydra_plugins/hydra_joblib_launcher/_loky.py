@@ -245,6 +245,12 @@ def warm_up(options: LaunchOptions, task_function: Callable[..., object]) -> Non
     _warming.start()
 
 
+def warming() -> bool:
+    """Whether the workers :func:`warm_up` starts are not ready yet."""
+    thread = _warming
+    return thread is not None and thread.is_alive()
+
+
 def _wait_for_warm_up() -> None:
     global _warming
     thread, _warming = _warming, None

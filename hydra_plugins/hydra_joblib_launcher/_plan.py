@@ -10,14 +10,16 @@ context, Hydra's singleton state with the app's resolvers) is pickled once per
 launch into a file and read once per worker process, not sent with every job.
 """
 
+import dataclasses
 import gc
 import hashlib
 import io
+import logging
 import pickle
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from hydra.core.singleton import Singleton
 from hydra.types import HydraContext, TaskFunction
@@ -28,6 +30,8 @@ from ._options import LaunchOptions
 from ._pickling import TaskByReference, dumps, task_reference
 from ._processes import ProcessSetup, users_main
 from ._values import MemoryLimit
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,7 @@ class SharedContext:
 
 @dataclass(frozen=True)
 class JobSpec:
-    """One job, as sent to a worker: plain data only."""
+    """One job, as sent to a worker: plain data, and for the first jobs their config."""
 
     num: int
     overrides: Tuple[str, ...]
@@ -64,6 +68,9 @@ class JobSpec:
     max_worker_deaths: Optional[int] = None
     sweep_dir: Optional[str] = None  # replaces hydra.sweep.dir (made absolute for remote workers)
     process_setup: Optional[ProcessSetup] = None  # set by the pools of this machine (loky, fresh)
+    # Composed by the launching process while the workers were starting (compose_ahead);
+    # else the job's process composes it.
+    config: Optional[DictConfig] = field(default=None, compare=False, repr=False)
 
     @property
     def files(self) -> JobFiles:
@@ -97,6 +104,36 @@ def plan(
         )
         for num, overrides in jobs
     ]
+
+
+def compose_ahead(
+    specs: Sequence[JobSpec],
+    *,
+    compose: Callable[[JobSpec], DictConfig],
+    waiting: Callable[[], bool],
+    at_most: int,
+) -> List[JobSpec]:
+    """``specs``, the first ones with their config composed here while ``waiting()`` holds.
+
+    The launching process waits for its workers before it hands out the first
+    jobs (a fork server importing what every job needs, loky's workers
+    starting): composing their configs meanwhile takes that work off the
+    jobs' processes. A config that cannot be composed is left to the job's
+    process, which fails the job with the error.
+    """
+    ahead: List[JobSpec] = []
+    for spec in specs[:at_most]:
+        if not waiting():
+            break
+        try:
+            config = compose(spec)
+        except Exception:  # noqa: BLE001 - the job's process composes it again and fails with it
+            break
+        ahead.append(dataclasses.replace(spec, config=config))
+    if ahead:
+        shown = ", ".join(f"#{spec.num}" for spec in ahead)
+        log.debug(f"Composed while the workers started: the configs of {shown}")
+    return ahead + list(specs[len(ahead) :])
 
 
 def task_to_send(

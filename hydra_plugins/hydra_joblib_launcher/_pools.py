@@ -21,11 +21,12 @@ from ._errors import LauncherConfigError
 from ._fresh import FreshProcessPool
 from ._loky import LokyPool
 from ._loky import warm_up as warm_up_loky
+from ._loky import warming as loky_warming
 from ._options import LaunchOptions
 from ._outcome import JobOutcome
 from ._plan import JobSpec
 from ._processes import users_start_method
-from ._zygote import runs_as_script, start_fork_server
+from ._zygote import fork_server_preparing, runs_as_script, start_fork_server
 
 
 class Pool(Protocol):
@@ -58,6 +59,15 @@ def warm_up(options: LaunchOptions, task_function: Callable[..., object]) -> Non
     elif options.backend == "multiprocessing" and runs_as_script(task_function):
         users_start_method()  # read before the fork server starts processes
         start_fork_server()  # each job's process is forked from it (see _forked)
+
+
+def warming(options: LaunchOptions) -> bool:
+    """Whether what :func:`warm_up` started would still keep the first jobs waiting."""
+    if options.devices is not None:
+        return False
+    if options.backend == "loky":
+        return loky_warming()
+    return options.backend == "multiprocessing" and fork_server_preparing()
 
 
 def jobs_at_once(options: LaunchOptions, cpu_count: int) -> Tuple[int, str]:

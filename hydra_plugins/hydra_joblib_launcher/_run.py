@@ -304,9 +304,11 @@ def _warn(message: str, log_file: Optional[str]) -> None:
 
 
 def _sweep_config(context: SharedContext, spec: JobSpec) -> DictConfig:
-    config = context.hydra_context.config_loader.load_sweep_config(
-        context.config, list(spec.overrides)
-    )
+    config = spec.config  # composed ahead by the launching process, or here
+    if config is None:
+        config = context.hydra_context.config_loader.load_sweep_config(
+            context.config, list(spec.overrides)
+        )
     with open_dict(config):
         config.hydra.job.id = f"{config.hydra.job.name}_{spec.num}"
         config.hydra.job.num = spec.num

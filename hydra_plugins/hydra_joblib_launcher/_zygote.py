@@ -32,12 +32,13 @@ import importlib
 import inspect
 import logging
 import os
+import select
 import signal
 import socket
 import sys
 import threading
 import warnings
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 from ._processes import hangup_blocked
 from ._sweeplock import release_all
@@ -76,12 +77,35 @@ def fork_server_started_here() -> bool:
 # forked from (a process forked from the server inherits this table, not the server).
 _forked_from: Dict[int, int] = {}
 
+# The read end of a pipe the server forked here writes to (or closes) once it serves.
+_preparing: Optional[int] = None
+
+
+def fork_server_preparing() -> bool:
+    """Whether the fork server forked here still loads what it loads before it serves.
+
+    Meanwhile a process started from it waits: the launching process may do
+    the first jobs' work in the meantime (see ``_plan.compose_ahead``).
+    """
+    global _preparing
+    fd = _preparing
+    if fd is None:
+        return False
+    readable, _, _ = select.select([fd], [], [], 0)
+    if not readable:
+        return True
+    os.close(fd)  # served, or died: nothing to wait for either way
+    _preparing = None
+    return False
+
+
 # multiprocessing.forkserver.main's parameters, Python 3.10 to 3.13.
 SERVER_MAIN_PARAMETERS = ["listener_fd", "alive_r", "preload", "main_path", "sys_path"]
 
 
 def start_fork_server() -> bool:
     """Fork multiprocessing's fork server from this process, unless one runs; True if started here."""
+    global _preparing
     from multiprocessing import connection, forkserver, resource_tracker, util
 
     server = forkserver._forkserver
@@ -98,17 +122,23 @@ def start_fork_server() -> bool:
                 os.chmod(address, 0o600)
             listener.listen()
             alive_r, alive_w = os.pipe()  # every client holds the write end: EOF when all are gone
+            ready_r, ready_w = os.pipe()  # the server writes once it serves
             with warnings.catch_warnings():
                 # Python 3.12+ warns of native threads (see the module's docstring)
                 warnings.simplefilter("ignore", DeprecationWarning)
                 pid = os.fork()
             if pid == 0:
-                _serve(listener.fileno(), alive_r, alive_w)  # never returns
+                os.close(ready_r)
+                _serve(listener.fileno(), alive_r, alive_w, ready_w)  # never returns
             os.close(alive_r)
+            os.close(ready_w)
     server._forkserver_address = address
     server._forkserver_alive_fd = alive_w
     server._forkserver_pid = pid
     _forked_from[pid] = os.getpid()
+    if _preparing is not None:  # a server forked before, that this process no longer uses
+        os.close(_preparing)
+    _preparing = ready_r
     log.debug("Fork server forked from the launching process: process %d", pid)
     return True
 
@@ -131,7 +161,7 @@ def _import_what_every_job_would() -> None:
                 log.debug("Importing %s in the fork server failed: %r", name, error)
 
 
-def _serve(listener_fd: int, alive_r: int, alive_w: int) -> None:
+def _serve(listener_fd: int, alive_r: int, alive_w: int, ready_w: int) -> None:
     """The fork server's life, in the forked child: multiprocessing's loop, then exit."""
     code = 0
     try:
@@ -148,6 +178,8 @@ def _serve(listener_fd: int, alive_r: int, alive_w: int) -> None:
         # server. Frozen as it is, not collected first: a collection takes 0.06-0.13 s
         # with torch loaded, before the first job can start.
         gc.freeze()
+        os.write(ready_w, b"1")
+        os.close(ready_w)
         forkserver.main(listener_fd, alive_r, [], main_path=None, sys_path=None)
     except SystemExit as end:  # the launching process and every worker are gone
         code = end.code if isinstance(end.code, int) else 0

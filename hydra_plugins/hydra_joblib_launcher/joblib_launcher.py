@@ -4,6 +4,7 @@
     launch(job_overrides)
       ─▶ validate ─▶ jobs_at_once (_pools) ─▶ hold the sweep dir ─▶ the context, once (_plan)
       ─▶ [JobSpec] ─▶ resume: skip what completed before with the same config (_resume)
+      ─▶ the first jobs' configs, composed while the workers start (_plan.compose_ahead)
       ─▶ open_pools (_pools) ─▶ supervise (_supervisor) ─ report (_report, _manifest, _status)
       ◀─ [JobReturn] in job order
 """
@@ -17,7 +18,7 @@ import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, setup_globals
@@ -122,7 +123,8 @@ def _launch(
     initial_job_idx: int,
 ) -> List[JobReturn]:
     from ._manifest import close_cut_line
-    from ._plan import plan
+    from ._plan import compose_ahead, plan
+    from ._pools import warming
     from ._sweeplock import hold
 
     assert launcher.config is not None, "checked by launch()"
@@ -154,7 +156,12 @@ def _launch(
             sweep_dir=sweep_dir,
         )
         done = _completed_before(launcher, specs, sweep_dir) if options.resume else {}
-        to_run = [spec for spec in specs if spec.num not in done]
+        to_run = compose_ahead(
+            [spec for spec in specs if spec.num not in done],
+            compose=_composer(launcher),
+            waiting=lambda: warming(options),
+            at_most=2 * n_workers,  # the jobs handed out first (joblib's default pre_dispatch)
+        )
         returns = {**done, **_run(to_run, options, n_workers, sweep_dir, len(done))}
         missing = [f"#{spec.num}" for spec in specs if spec.num not in returns]
         if missing:  # a bug of ours, never the user's: say so rather than lose the batch silently
@@ -174,18 +181,19 @@ def _completed_before(
     """Resume: the JobReturns of the jobs not to run again, by number."""
     from ._resume import load_completed
 
-    assert launcher.hydra_context is not None and launcher.config is not None
-    loader, config = launcher.hydra_context.config_loader, launcher.config
     # Composed as the job's process composes it (see _run), for the config digest.
-    done = load_completed(
-        specs,
-        sweep_dir,
-        compose=lambda spec: loader.load_sweep_config(config, list(spec.overrides)),
-    )
+    done = load_completed(specs, sweep_dir, compose=_composer(launcher))
     log.info(
         f"Resuming: {len(done)} jobs completed before are skipped, {len(specs) - len(done)} run"
     )
     return done
+
+
+def _composer(launcher: JoblibLauncher) -> Callable[["JobSpec"], DictConfig]:
+    """A job's config, composed as Hydra's launchers compose it (its number set in its process)."""
+    assert launcher.hydra_context is not None and launcher.config is not None
+    loader, config = launcher.hydra_context.config_loader, launcher.config
+    return lambda spec: loader.load_sweep_config(config, list(spec.overrides))
 
 
 def _refuse_device_override(options: "LaunchOptions", config: DictConfig) -> None:
