@@ -196,7 +196,7 @@ def load_context(path: str, *, long_lived: bool) -> SharedContext:
         context = pickle.load(f)
     if not isinstance(context, SharedContext):
         raise TypeError(f"{path} holds no context of this launcher")
-    Singleton.set_state(context.singleton_state)
+    Singleton.set_state(_with_plugins_found_here(context.singleton_state))
     _loaded[path] = context
     if long_lived:
         # What is loaded now lives as long as the launch: keep it out of the
@@ -204,3 +204,18 @@ def load_context(path: str, *, long_lived: bool) -> SharedContext:
         gc.collect()
         gc.freeze()
     return context
+
+
+def _with_plugins_found_here(state: Dict[Any, Any]) -> Dict[Any, Any]:
+    """Hydra's singleton ``state``, with this process's plugin registry if it has one.
+
+    Hydra leaves its registry out of the state and, setting it, discovers every
+    plugin again: ~0.09 s, in each worker's first job. A worker forked from the
+    launching process has the launching process's registry, as it would find it.
+    """
+    from hydra.core.plugins import Plugins
+
+    found = Singleton._instances.get(Plugins)
+    if found is not None:
+        state["instances"].setdefault(Plugins, found)
+    return state
