@@ -1,5 +1,6 @@
 """What a launch hands its workers: the context every job shares, and the first jobs' configs."""
 
+import dataclasses
 from pathlib import Path
 from typing import Iterator, List
 
@@ -12,6 +13,7 @@ from hydra_plugins.hydra_joblib_launcher._plan import (
     JobSpec,
     SharedContext,
     compose_ahead,
+    config_composed_ahead,
     load_context,
     pickle_context,
     write_context,
@@ -43,7 +45,7 @@ def test_configs_are_composed_in_job_order_while_the_workers_start(tmp_path: Pat
     )
 
     assert [spec.num for spec in out] == [0, 1, 2, 3, 4]
-    assert [spec.config for spec in out] == [{"x": 0}, {"x": 1}, None, None, None]
+    assert [config_composed_ahead(spec) for spec in out] == [{"x": 0}, {"x": 1}, None, None, None]
     assert [spec.overrides for spec in out] == [(f"x={num}",) for num in range(5)]
 
 
@@ -76,7 +78,16 @@ def test_a_config_that_cannot_be_composed_is_left_to_the_jobs_process(tmp_path: 
 
     out = compose_ahead(specs(tmp_path, 3), compose=fails_on_1, waiting=lambda: True, at_most=6)
 
-    assert [spec.config for spec in out] == [{"x": 0}, None, None]
+    assert [config_composed_ahead(spec) for spec in out] == [{"x": 0}, None, None]
+
+
+def test_a_config_composed_ahead_that_cannot_be_read_is_composed_by_the_jobs_process(
+    tmp_path: Path,
+) -> None:
+    """A type the job's process cannot import, say: it composes the config itself then."""
+    spec = dataclasses.replace(specs(tmp_path, 1)[0], config=b"not a pickle")
+
+    assert config_composed_ahead(spec) is None
 
 
 def test_a_composed_config_is_not_in_the_specs_repr(tmp_path: Path) -> None:

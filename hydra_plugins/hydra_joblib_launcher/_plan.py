@@ -53,7 +53,7 @@ class SharedContext:
 
 @dataclass(frozen=True)
 class JobSpec:
-    """One job, as sent to a worker: plain data, and for the first jobs their config."""
+    """One job, as sent to a worker: plain data only."""
 
     num: int
     overrides: Tuple[str, ...]
@@ -68,9 +68,9 @@ class JobSpec:
     max_worker_deaths: Optional[int] = None
     sweep_dir: Optional[str] = None  # replaces hydra.sweep.dir (made absolute for remote workers)
     process_setup: Optional[ProcessSetup] = None  # set by the pools of this machine (loky, fresh)
-    # Composed by the launching process while the workers were starting (compose_ahead);
-    # else the job's process composes it.
-    config: Optional[DictConfig] = field(default=None, compare=False, repr=False)
+    # The job's config, pickled: composed by the launching process while the workers
+    # were starting (compose_ahead); else the job's process composes it.
+    config: Optional[bytes] = field(default=None, compare=False, repr=False)
 
     @property
     def files(self) -> JobFiles:
@@ -119,14 +119,16 @@ def compose_ahead(
     jobs (a fork server importing what every job needs, loky's workers
     starting): composing their configs meanwhile takes that work off the
     jobs' processes. A config that cannot be composed is left to the job's
-    process, which fails the job with the error.
+    process, which fails the job with the error. Each config goes pickled:
+    the job's process reads it once it has loaded the launch's context (the
+    app's ``sys.path``, Hydra's state), and composes it itself if it cannot.
     """
     ahead: List[JobSpec] = []
     for spec in specs[:at_most]:
         if not waiting():
             break
         try:
-            config = compose(spec)
+            config = pickle.dumps(compose(spec), protocol=pickle.HIGHEST_PROTOCOL)
         except Exception:  # noqa: BLE001 - the job's process composes it again and fails with it
             break
         ahead.append(dataclasses.replace(spec, config=config))
@@ -219,3 +221,15 @@ def _with_plugins_found_here(state: Dict[Any, Any]) -> Dict[Any, Any]:
     if found is not None:
         state["instances"].setdefault(Plugins, found)
     return state
+
+
+def config_composed_ahead(spec: JobSpec) -> Optional[DictConfig]:
+    """The config :func:`compose_ahead` gave ``spec``, if any and if it can be read here."""
+    if spec.config is None:
+        return None
+    try:
+        config = pickle.loads(spec.config)
+    except Exception as error:  # noqa: BLE001 - the job's process composes it
+        log.debug(f"#{spec.num}: the config composed ahead cannot be read here: {error!r}")
+        return None
+    return config if isinstance(config, DictConfig) else None

@@ -47,7 +47,7 @@ from ._outcome import (
     memory_error,
     stopped_processes,
 )
-from ._plan import JobSpec, SharedContext, load_context
+from ._plan import JobSpec, SharedContext, config_composed_ahead, load_context
 from ._processes import as_launched, bind_main
 from ._result import devices_seen, outcome_of
 from ._tree import TERM_GRACE_S, JobTree, become_subreaper
@@ -304,7 +304,7 @@ def _warn(message: str, log_file: Optional[str]) -> None:
 
 
 def _sweep_config(context: SharedContext, spec: JobSpec) -> DictConfig:
-    config = spec.config  # composed ahead by the launching process, or here
+    config = config_composed_ahead(spec)  # by the launching process, or composed here
     if config is None:
         config = context.hydra_context.config_loader.load_sweep_config(
             context.config, list(spec.overrides)
