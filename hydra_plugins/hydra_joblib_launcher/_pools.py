@@ -63,8 +63,6 @@ def warm_up(options: LaunchOptions, task_function: Callable[..., object]) -> Non
 
 def warming(options: LaunchOptions) -> bool:
     """Whether what :func:`warm_up` started would still keep the first jobs waiting."""
-    if options.devices is not None:
-        return False
     if options.backend == "loky":
         return loky_warming()
     return options.backend == "multiprocessing" and fork_server_preparing()
