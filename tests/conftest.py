@@ -52,13 +52,20 @@ def run_app(
     return Run(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)
 
 
-def start_app(app: Path, args: Sequence[str], *, cwd: Path, **kwargs: Any) -> "subprocess.Popen[str]":
+def start_app(
+    app: Path,
+    args: Sequence[str],
+    *,
+    cwd: Path,
+    env: Optional[Dict[str, str]] = None,
+    **kwargs: Any,
+) -> "subprocess.Popen[str]":
     """``python -Werror APP ARGS...`` started in the background, as the leader of a new
     session (its whole tree can be found later), with tests/apps on PYTHONPATH."""
     return subprocess.Popen(
         [sys.executable, "-Werror", str(app), *args],
         cwd=cwd,
-        env=app_env(),
+        env=app_env(env),
         start_new_session=True,
         text=True,
         **kwargs,

@@ -1,6 +1,7 @@
 """backend=dask: sweeps on a Dask scheduler and workers started here on loopback, or on an
 embedded LocalCluster. Real processes, no mocks; skipped without the [dask] extra."""
 
+import json
 import os
 import shutil
 import signal
@@ -13,7 +14,18 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence
 
 import pytest
-from conftest import APPS, REPO, Run, alive, assert_clear_error, free_port, jobs, run_app
+from conftest import (
+    APPS,
+    REPO,
+    Run,
+    alive,
+    assert_clear_error,
+    free_port,
+    jobs,
+    run_app,
+    session_processes,
+    start_app,
+)
 
 pytestmark = [pytest.mark.dask, pytest.mark.slow]
 
@@ -500,6 +512,79 @@ def test_jobs_in_the_embedded_cluster_can_start_processes(tmp_path: Path) -> Non
     assert run.returncode == 0, run.output
     assert [job["status"] for job in jobs(tmp_path / "sweep")] == ["COMPLETED"] * 2
 
+
+
+# A Dask scheduler preload (distributed.scheduler.preload): the scheduler says when a
+# client registers, then keeps it waiting, its event loop busy, as dask-jobqueue's is
+# while it submits batch jobs.
+SLOW_WELCOME = """
+import pathlib
+import time
+
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+
+class SlowWelcome(SchedulerPlugin):
+    def add_client(self, scheduler, client):
+        pathlib.Path({marker!r}).touch()
+        time.sleep({seconds})
+
+
+def dask_setup(scheduler):
+    scheduler.add_plugin(SlowWelcome())
+"""
+
+# Where the launcher's client connects in the test below: the embedded cluster, one built
+# from dask.cluster, or a scheduler at dask.address (started by the test).
+CONNECTIONS = ["embedded", "dask.cluster", "dask.address"]
+
+
+@pytest.mark.parametrize("connection", CONNECTIONS)
+def test_an_interrupt_while_the_client_connects_ends_the_app(
+    procs: Processes, tmp_path: Path, connection: str
+) -> None:
+    """Ctrl-C while the launcher's Dask client connects: the app exits, and the cluster
+    it started with it. (The half-built client was closed only by the interpreter's
+    exit, when its event loop's thread no longer runs: the app waited for it forever.)"""
+    pytest.importorskip("distributed")
+    marker = tmp_path / "client-registered"
+    preload = tmp_path / "slow_welcome.py"
+    preload.write_text(SLOW_WELCOME.format(marker=str(marker), seconds=5))
+    slow = {"DASK_DISTRIBUTED__SCHEDULER__PRELOAD": json.dumps([str(preload)])}
+    where = {
+        "embedded": [],
+        "dask.cluster": [
+            "hydra.launcher.dask.cluster={_target_:distributed.LocalCluster,"
+            "threads_per_worker:1,n_workers:0,host:127.0.0.1,dashboard_address:'127.0.0.1:0'}"
+        ],
+    }
+    if connection == "dask.address":
+        cluster = DaskCluster(procs, scheduler_env=slow)
+        where[connection] = [f"hydra.launcher.dask.address={cluster.address}"]
+    args = ["-m", "task=1,2", *DASK, "hydra.launcher.n_jobs=2", *where[connection],
+            "hydra.sweep.dir=sweep"]  # fmt: skip
+    env = {**slow, "DASK_TEMPORARY_DIRECTORY": str(tmp_path)}
+    proc = start_app(EXAMPLE, args, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                     stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()[0]
+            time.sleep(0.05)
+        assert marker.exists(), "the launcher's client reached the scheduler"
+        os.killpg(proc.pid, signal.SIGINT)  # as the terminal's Ctrl-C
+        output, _ = proc.communicate(timeout=40)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode not in (0, None), output  # Ctrl-C is not a success
+    assert "KeyboardInterrupt" in output, output
+    deadline = time.monotonic() + 10
+    while session_processes(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert session_processes(proc.pid) == [], "the cluster's processes end with the app"
+    assert not (tmp_path / "sweep" / "0").exists(), "no job started"
 
 # -- without the extra ---------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
 from ._cluster import Cluster, engine_retries, missing_extra
+from ._dask_client import start_client
 from ._errors import LauncherConfigError, LauncherError
 from ._options import LaunchOptions
 
@@ -80,9 +81,7 @@ def build_cluster(options: LaunchOptions, n_workers: int) -> BuiltCluster:
             )
         else:
             cluster.scale(n_workers)
-        import distributed
-
-        client = distributed.Client(
+        client = start_client(
             cluster, security=getattr(cluster, "security", None), set_as_default=False
         )
         try:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Dict, Tuple
 
 from ._cluster import Cluster, engine_retries, missing_extra, n_at_once
+from ._dask_client import start_client
 from ._dask_devices import add_device_workers, check_gpu_workers
 from ._errors import LauncherError
 from ._options import LaunchOptions
@@ -132,7 +133,11 @@ def _start_local_cluster(options: LaunchOptions, n_workers: int) -> DaskConnecti
             # user can connect to the scheduler or a worker and run code as ours.
             security=True,
         )
-    client = distributed.Client(local, security=local.security, set_as_default=False)
+    try:
+        client = start_client(local, security=local.security, set_as_default=False)
+    except BaseException:  # an interrupt while it connects: the workers go too
+        local.close()
+        raise
     if options.devices is not None:
         try:
             add_device_workers(local, client, options=options, n_workers=n_workers)
@@ -159,12 +164,12 @@ def _build_cluster(options: LaunchOptions, n_workers: int) -> DaskConnection:
 
 
 def _connect_to_scheduler(options: LaunchOptions) -> DaskConnection:
-    distributed = import_distributed()
+    import_distributed()  # one clear error without the [dask] extra
     dask = options.dask
     address, timeout = str(dask.address), dask.connect_timeout
     try:
         _probe_scheduler(address, timeout)
-        client = distributed.Client(address, timeout=timeout, set_as_default=False)
+        client = start_client(address, timeout=timeout, set_as_default=False)
     except LauncherError:
         raise
     except Exception as error:  # noqa: BLE001 - OSError, TimeoutError, ValueError (bad address)...
