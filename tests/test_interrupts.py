@@ -73,3 +73,12 @@ def test_outside_the_main_thread_nothing_is_held() -> None:
     thread.start()
     thread.join()
     assert seen == [True, False]
+
+
+def test_an_ignored_ctrl_c_stays_ignored() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as for a sweep started with nohup ... &
+    with interrupt_deferred() as interrupted:
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
+    assert not interrupted()
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN

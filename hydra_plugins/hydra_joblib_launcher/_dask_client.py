@@ -48,11 +48,12 @@ def interrupt_deferred() -> Iterator[Callable[[], bool]]:
     """Hold a Ctrl-C (SIGINT) back until the block ends; a second one is raised at once.
 
     Yields whether one came. The held signal is delivered again as the block ends, to
-    the handler that was there before. Only in the main thread, where the handler runs.
+    the handler that was there before. Only where that handler is a Python function
+    (Python's own raises KeyboardInterrupt), which runs in the main thread: an ignored
+    Ctrl-C stays ignored, and one that kills the process still does.
     """
     previous = signal.getsignal(signal.SIGINT)
-    # (None: a handler set outside Python, which could not be put back)
-    if threading.current_thread() is not threading.main_thread() or previous is None:
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
         yield lambda: False
         return
     held: List[int] = []
