@@ -513,7 +513,6 @@ def test_jobs_in_the_embedded_cluster_can_start_processes(tmp_path: Path) -> Non
     assert [job["status"] for job in jobs(tmp_path / "sweep")] == ["COMPLETED"] * 2
 
 
-
 # A Dask scheduler preload (distributed.scheduler.preload): the scheduler says when a
 # client registers, then keeps it waiting, its event loop busy, as dask-jobqueue's is
 # while it submits batch jobs.
@@ -585,6 +584,7 @@ def test_an_interrupt_while_the_client_connects_ends_the_app(
         time.sleep(0.1)
     assert session_processes(proc.pid) == [], "the cluster's processes end with the app"
     assert not (tmp_path / "sweep" / "0").exists(), "no job started"
+
 
 # -- without the extra ---------------------------------------------------------------------
 
