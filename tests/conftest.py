@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -14,6 +15,15 @@ import pytest
 
 APPS = Path(__file__).parent / "apps"
 REPO = Path(__file__).parent.parent
+
+# Tests send Ctrl-C (SIGINT) and a closed terminal's SIGHUP to the apps they start, which
+# must start with these signals' default actions, as from a terminal. A test run started
+# in the background by a non-interactive shell ignores SIGINT, and under nohup SIGHUP too,
+# and an ignored signal stays ignored across exec: this process takes the defaults back.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 @dataclass

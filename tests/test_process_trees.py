@@ -13,9 +13,8 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Dict, List
 
 import pytest
 
@@ -64,18 +63,6 @@ def child_of(sweep_dir: Path, num: int) -> int:
 
 def statuses(sweep_dir: Path) -> Dict[int, str]:
     return {job["num"]: job["status"] for job in jobs(sweep_dir)}
-
-
-@contextmanager
-def hangup_not_ignored() -> Iterator[None]:
-    """Processes started meanwhile get SIGHUP's default action, as under a terminal, even
-    when this test run ignores it (started with nohup): an ignored signal stays ignored
-    across exec, and the launcher rightly leaves an ignored hangup ignored."""
-    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGHUP, previous)
 
 
 def blocks_hangup(pid: int) -> bool:
@@ -209,27 +196,26 @@ def test_an_interrupt_stops_the_children_of_running_jobs(
     sweep_dir = tmp_path / "sweep"
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()
-    with hangup_not_ignored():
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-Werror",
-                str(APP),
-                *launcher_args(LOCAL[where], sweep_dir),
-                "+name=a,b,c,d",
-                "+modes.a=sleep",
-                "+modes.b=sleep",
-                "+modes.c=sleep",
-                "+modes.d=sleep",
-                f"+pid_dir={pid_dir}",
-            ],
-            cwd=tmp_path,
-            start_new_session=True,  # its tree can be found, and signalled as a terminal would
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=app_env(),
-        )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-Werror",
+            str(APP),
+            *launcher_args(LOCAL[where], sweep_dir),
+            "+name=a,b,c,d",
+            "+modes.a=sleep",
+            "+modes.b=sleep",
+            "+modes.c=sleep",
+            "+modes.d=sleep",
+            f"+pid_dir={pid_dir}",
+        ],
+        cwd=tmp_path,
+        start_new_session=True,  # its whole tree can be found, and signalled as a terminal would
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=app_env(),
+    )
     try:
         deadline = time.monotonic() + 60
         while len(list(pid_dir.glob("*.pid"))) < 2 and time.monotonic() < deadline:
