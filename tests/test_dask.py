@@ -576,7 +576,7 @@ def test_an_interrupt_while_the_client_connects_ends_the_app(
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+            proc.wait()
     assert proc.returncode not in (0, None), output  # Ctrl-C is not a success
     assert "KeyboardInterrupt" in output, output
     deadline = time.monotonic() + 10

@@ -271,7 +271,7 @@ def test_an_interrupt_stops_every_process_and_reports_the_counts(
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()  # and closes its pipes
+            proc.wait()
 
     assert proc.returncode != 0
     assert exited_after < 10

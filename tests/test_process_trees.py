@@ -233,7 +233,7 @@ def test_an_interrupt_stops_the_children_of_running_jobs(
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()  # and closes its pipes
+            proc.wait()
 
     assert proc.returncode != 0
     assert exited_after < 10, output

@@ -108,7 +108,7 @@ def start_ray_head(
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)  # the session this fixture started
-            proc.communicate()  # and closes its pipes
+            proc.wait()
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 

@@ -123,7 +123,7 @@ def resumed(request: Any, tmp_path_factory: pytest.TempPathFactory) -> Resumed:
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()  # and closes its pipes
+            proc.wait()
     counts_after_interrupt = run_counts(count_dir)
 
     # 2. the same command, resumed
@@ -321,7 +321,7 @@ def test_resume_after_the_launcher_was_killed_runs_no_completed_job_again(
         assert completed_in_manifest(sweep_dir) == 2, "the sweep did not get going"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the launcher (its workers lead groups of their own)
-        proc.communicate()  # and closes its pipes
+        proc.wait()
     # The workers end with the launcher, the jobs they ran (c, d) unfinished.
     deadline = time.monotonic() + 10
     while session_processes(proc.pid) and time.monotonic() < deadline:
@@ -373,7 +373,7 @@ def test_a_second_launch_on_a_sweep_dir_in_use_stops_with_one_clear_error(tmp_pa
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()  # and closes its pipes
+            proc.wait()
 
     assert second.returncode == 1, second.output
     assert f"{sweep_dir} is in use by another launch" in second.stderr

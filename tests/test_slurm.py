@@ -161,7 +161,7 @@ def test_an_interrupt_cancels_the_batch_jobs(slurm: None, tmp_path: Path, job_na
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()  # and closes its pipes
+            proc.wait()
     assert proc.returncode not in (0, None), output  # Ctrl-C is not a success
     assert none_queued(job_name, within=5) == [], output
     assert not (count / "c.runs").exists(), "no job started after the interrupt"
@@ -235,7 +235,7 @@ def test_an_interrupt_while_the_batch_jobs_pend_cancels_them(
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()  # and closes its pipes
+            proc.wait()
     assert proc.returncode not in (0, None), output
     assert none_queued(job_name, within=5) == [], output
     assert not (tmp_path / "s" / "0").exists()

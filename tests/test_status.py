@@ -370,7 +370,7 @@ def test_sigterm_leaves_the_sweep_interrupted_with_the_command_that_resumes_it(
         gate.unlink()
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()  # and closes its pipes
+            proc.wait()
     assert status_file(sweep_dir)["state"] == "interrupted"
     shown = cli("status", str(sweep_dir))
     assert "interrupted at" in shown.stdout, shown.stdout
